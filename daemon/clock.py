@@ -1,0 +1,87 @@
+"""Time as a dependency, so schedules can be tested over simulated days.
+
+Wall time (``time``) decides whether credentials are expired; monotonic time
+(``monotonic``) and ``sleep`` drive the schedule, so a wall-clock step does not
+stretch or shrink a wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time as _time
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+class SystemClock:
+    def time(self) -> float:
+        return _time.time()
+
+    def monotonic(self) -> float:
+        return _time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class FakeClock:
+    """A clock that only moves when a test calls :meth:`advance`.
+
+    Sleepers wake in deadline order as time passes them, so hours of renewal
+    schedule run in milliseconds and always in the same order.
+    """
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self._wall = start
+        self._mono = 1000.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def time(self) -> float:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    async def sleep(self, seconds: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._mono + max(0.0, seconds), next(self._seq), fut))
+        await fut
+
+    def jump_wall(self, seconds: float) -> None:
+        """Step wall time only, as NTP or a suspended host does."""
+        self._wall += seconds
+
+    async def advance(self, seconds: float) -> None:
+        """Move both clocks forward, waking every sleeper whose deadline passes."""
+        target = self._mono + seconds
+        while self._sleepers and self._sleepers[0][0] <= target:
+            deadline, _, fut = heapq.heappop(self._sleepers)
+            self._wall += deadline - self._mono
+            self._mono = deadline
+            if not fut.done():
+                fut.set_result(None)
+            await settle()
+        self._wall += target - self._mono
+        self._mono = target
+        await settle()
+
+
+async def settle(rounds: int = 20) -> None:
+    """Let every ready task run until the loop is quiet (bounded, deterministic)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
