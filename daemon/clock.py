@@ -46,13 +46,14 @@ class FakeClock:
     """
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self._wall = start
+        self._wall_start = start
+        self._jumped = 0.0
         self._mono = 1000.0
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
     def time(self) -> float:
-        return self._wall
+        return self._wall_start + self._jumped + (self._mono - 1000.0)
 
     def monotonic(self) -> float:
         return self._mono
@@ -64,19 +65,17 @@ class FakeClock:
 
     def jump_wall(self, seconds: float) -> None:
         """Step wall time only, as NTP or a suspended host does."""
-        self._wall += seconds
+        self._jumped += seconds
 
     async def advance(self, seconds: float) -> None:
         """Move both clocks forward, waking every sleeper whose deadline passes."""
         target = self._mono + seconds
         while self._sleepers and self._sleepers[0][0] <= target:
             deadline, _, fut = heapq.heappop(self._sleepers)
-            self._wall += deadline - self._mono
-            self._mono = deadline
+            self._mono = max(self._mono, deadline)
             if not fut.done():
                 fut.set_result(None)
             await settle()
-        self._wall += target - self._mono
         self._mono = target
         await settle()
 
@@ -85,3 +84,4 @@ async def settle(rounds: int = 20) -> None:
     """Let every ready task run until the loop is quiet (bounded, deterministic)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+

@@ -1,0 +1,138 @@
+"""Structured logging with a redaction processor in front of every renderer.
+
+Secrets reach log calls in two ways: under a telling key (``secret_access_key=``)
+or buried in text (an exception message that quotes a body). The processor
+handles both: it blanks sensitive keys and scrubs every string value of the
+secrets the daemon has registered as it handled them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "[REDACTED]"
+_SENSITIVE_KEY = re.compile(
+    r"(secret|password|passphrase|session_?token|authorization|private_?key|^token$|credentials?$)",
+    re.IGNORECASE,
+)
+
+
+class SecretRegistry:
+    """The secret values seen so far, bounded so a long-running daemon does not grow."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._order: deque[str] = deque()
+        self._values: set[str] = set()
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._pattern: re.Pattern[str] | None = None
+
+    def add(self, *values: str | None) -> None:
+        with self._lock:
+            for value in values:
+                if not value or len(value) < 8 or value in self._values:
+                    continue
+                self._values.add(value)
+                self._order.append(value)
+                if len(self._order) > self._limit:
+                    self._values.discard(self._order.popleft())
+                self._pattern = None
+
+    def scrub(self, text: str) -> str:
+        pattern = self._pattern
+        if pattern is None:
+            with self._lock:
+                if not self._values:
+                    return text
+                ordered = sorted(self._values, key=len, reverse=True)
+                pattern = self._pattern = re.compile("|".join(map(re.escape, ordered)))
+        return pattern.sub(REDACTED, text)
+
+
+SECRETS = SecretRegistry()
+
+
+def _clean(value: Any, registry: SecretRegistry) -> Any:
+    if isinstance(value, str):
+        return registry.scrub(value)
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if _SENSITIVE_KEY.search(str(k)) else _clean(v, registry)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(_clean(v, registry) for v in value)
+    if isinstance(value, BaseException):
+        return registry.scrub(repr(value))
+    return value
+
+
+class RedactSecrets:
+    """structlog processor: blank sensitive keys, scrub registered secrets from values."""
+
+    def __init__(self, registry: SecretRegistry = SECRETS) -> None:
+        self.registry = registry
+
+    def __call__(
+        self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in list(event_dict.items()):
+            if _SENSITIVE_KEY.search(key):
+                event_dict[key] = REDACTED
+            else:
+                event_dict[key] = _clean(value, self.registry)
+        return event_dict
+
+
+def _scrub_rendered(registry: SecretRegistry):  # type: ignore[no-untyped-def]
+    """Last line of defence after rendering (tracebacks are formatted late)."""
+
+    def processor(logger: Any, method: str, rendered: str) -> str:
+        return registry.scrub(rendered)
+
+    return processor
+
+
+def configure(
+    fmt: str = "json",
+    level: str = "info",
+    stream: TextIO | None = None,
+    extra_secrets: Iterable[str] = (),
+) -> None:
+    SECRETS.add(*extra_secrets)
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        RedactSecrets(),
+    ]
+    if fmt != "console":
+        processors.append(structlog.processors.format_exc_info)
+    processors += [renderer, _scrub_rendered(SECRETS)]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries log through the standard library: keep them quiet and off stdout.
+    logging.basicConfig(level=logging.WARNING, stream=stream or sys.stderr)
+
+
+def get_logger(**initial: Any) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger(**initial)  # type: ignore[no-any-return]

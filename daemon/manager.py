@@ -1,0 +1,230 @@
+"""The credential manager: one proactive renewal schedule per connection.
+
+Rules (protocols.md section 5): renew at about half life with jitter so what
+clients are served keeps well above the SDKs' 900 s window; never serve a set
+with under ``min_serve_seconds`` left; on failure keep the last good set and
+retry with capped, jittered exponential backoff; one upstream call per
+connection at a time (each connection has exactly one task that calls it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from daemon.clock import Clock, utc
+from daemon.credentials import Credentials, iso_z
+from daemon.logs import get_logger
+from daemon.upstream import CredentialSource, UpstreamError
+
+log = get_logger()
+
+
+@dataclass(frozen=True)
+class Policy:
+    refresh_fraction: float = 0.5  # renew when this share of the lifetime is left...
+    refresh_jitter: float = 0.1  # ...plus up to this share more, drawn per set
+    min_serve_seconds: float = 60.0
+    retry_base: float = 5.0
+    retry_cap: float = 120.0
+    persistent_retry_base: float = 60.0
+    persistent_retry_cap: float = 900.0
+    tick_seconds: float = 30.0  # longest single sleep: re-checks wall time after host suspend
+    max_concurrent_renewals: int = 32
+
+
+@dataclass
+class ConnectionState:
+    name: str
+    current: Credentials | None = None
+    refresh_remaining: float = 0.0  # renew once the current set has this many seconds left
+    last_renewal: float | None = None  # wall time
+    last_attempt: float | None = None
+    last_error: UpstreamError | None = None
+    last_error_at: float | None = None
+    failures: int = 0
+    next_attempt_mono: float = 0.0
+    renewals: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
+
+    def servable(self, now: float, policy: Policy) -> Credentials | None:
+        if self.current is not None and self.current.remaining(now) >= policy.min_serve_seconds:
+            return self.current
+        return None
+
+    def phase(self, now: float, policy: Policy) -> str:
+        if self.servable(now, policy) is None:
+            return "failed" if self.last_error is not None else "starting"
+        return "degraded" if self.failures else "ready"
+
+
+class CredentialManager:
+    def __init__(
+        self,
+        sources: Mapping[str, CredentialSource],
+        clock: Clock,
+        *,
+        policy: Policy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.sources = dict(sources)
+        self.clock = clock
+        self.policy = policy or Policy()
+        self.rng = rng or random.Random()
+        self.states = {name: ConnectionState(name) for name in self.sources}
+        self._limit = asyncio.Semaphore(self.policy.max_concurrent_renewals)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._changed = asyncio.Event()
+
+    # -- what the doors ask -------------------------------------------------
+    def get(self, name: str) -> Credentials | None:
+        """The set to serve now, or None: never an expired or nearly expired one."""
+        state = self.states.get(name)
+        return state.servable(self.clock.time(), self.policy) if state else None
+
+    def problems(self, names: list[str] | None = None) -> dict[str, str]:
+        """Connections with nothing fresh to serve, and why."""
+        now = self.clock.time()
+        out: dict[str, str] = {}
+        for name in names if names is not None else list(self.states):
+            state = self.states[name]
+            if state.servable(now, self.policy) is None:
+                out[name] = str(state.last_error) if state.last_error else "no credentials yet"
+        return out
+
+    async def wait_ready(self, names: list[str] | None = None) -> None:
+        while self.problems(names):
+            self._changed.clear()
+            await self._changed.wait()
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        for name in self.sources:
+            self._tasks[name] = asyncio.create_task(self._run(name), name=f"renew:{name}")
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for source in self.sources.values():
+            await source.close()
+
+    # -- the schedule -----------------------------------------------------------
+    def seconds_until_due(self, state: ConnectionState) -> float:
+        """How long until this connection should call upstream (0 = now)."""
+        retry_wait = state.next_attempt_mono - self.clock.monotonic()
+        if state.current is None:
+            return max(0.0, retry_wait)
+        remaining = state.current.remaining(self.clock.time())
+        until_refresh = remaining - state.refresh_remaining
+        if state.failures:
+            return max(0.0, retry_wait)
+        return max(0.0, until_refresh)
+
+    def _refresh_point(self, creds: Credentials) -> float:
+        p = self.policy
+        lifetime = max(creds.lifetime, 0.0)
+        share = p.refresh_fraction + p.refresh_jitter * self.rng.random()
+        floor = min(lifetime, p.min_serve_seconds + 60.0)
+        return max(lifetime * share, floor)
+
+    def _backoff(self, state: ConnectionState, error: UpstreamError) -> float:
+        p = self.policy
+        base, cap = (
+            (p.persistent_retry_base, p.persistent_retry_cap)
+            if error.persistent
+            else (p.retry_base, p.retry_cap)
+        )
+        delay = min(cap, base * 2 ** (state.failures - 1))
+        delay *= 0.5 + 0.5 * self.rng.random()
+        if state.current is not None:
+            # Retry more often as the set we still serve nears the end of its life.
+            left = state.current.remaining(self.clock.time()) - p.min_serve_seconds
+            delay = min(delay, max(1.0, left / 4))
+        if error.retry_after:
+            delay = max(delay, error.retry_after)
+        return delay
+
+    async def _run(self, name: str) -> None:
+        state = self.states[name]
+        while True:
+            wait = self.seconds_until_due(state)
+            if wait > 0:
+                # At least 10 ms, so float rounding can never spin the loop short of the due time.
+                await self.clock.sleep(min(max(wait, 0.01), self.policy.tick_seconds))
+                continue
+            async with self._limit:
+                await self.renew(name)
+
+    async def renew(self, name: str) -> None:
+        """One upstream attempt for one connection, and what follows from it."""
+        state = self.states[name]
+        source = self.sources[name]
+        state.last_attempt = self.clock.time()
+        try:
+            creds = await source.fetch()
+            if creds.remaining(self.clock.time()) < self.policy.min_serve_seconds:
+                raise UpstreamError("ShortLived", "upstream issued a set that is already expiring")
+        except UpstreamError as error:
+            self._failed(state, error)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not end the schedule
+            log.exception("renewal crashed", connection=name)
+            self._failed(state, UpstreamError("InternalError", repr(exc)))
+        else:
+            state.current = creds
+            state.refresh_remaining = self._refresh_point(creds)
+            state.last_renewal = self.clock.time()
+            state.failures = 0
+            state.last_error = None
+            state.renewals["ok"] += 1
+            log.info(
+                "credentials renewed",
+                connection=name,
+                access_key_id=creds.access_key_id,
+                expires=iso_z(creds.expiration),
+                renew_in=round(creds.lifetime - state.refresh_remaining),
+            )
+        self._changed.set()
+
+    def _failed(self, state: ConnectionState, error: UpstreamError) -> None:
+        state.failures += 1
+        state.last_error = error
+        state.last_error_at = self.clock.time()
+        state.renewals["error"] += 1
+        delay = self._backoff(state, error)
+        state.next_attempt_mono = self.clock.monotonic() + delay
+        serving = state.servable(self.clock.time(), self.policy)
+        log.warning(
+            "renewal failed",
+            connection=state.name,
+            error_code=error.code,
+            error=error.message,
+            retry_in=round(delay, 1),
+            still_serving_until=iso_z(serving.expiration) if serving else None,
+            hint="the service refused the request; retrying will not fix it until the cause is "
+            "fixed" if error.persistent else None,
+        )
+
+
+def status_of(state: ConnectionState, now: float, policy: Policy) -> dict[str, object]:
+    """The non-secret facts about one connection, for /status and the CLI."""
+    creds = state.current
+    return {
+        "name": state.name,
+        "state": state.phase(now, policy),
+        "access_key_id": creds.access_key_id if creds else None,
+        "expires_at": iso_z(creds.expiration) if creds else None,
+        "seconds_left": round(creds.remaining(now)) if creds else None,
+        "last_renewal": iso_z(utc(state.last_renewal)) if state.last_renewal else None,
+        "last_error": str(state.last_error) if state.last_error else None,
+        "last_error_at": iso_z(utc(state.last_error_at)) if state.last_error_at else None,
+        "consecutive_failures": state.failures,
+        "renewals": dict(state.renewals),
+    }
