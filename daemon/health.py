@@ -1,0 +1,45 @@
+"""Health, readiness and status for probes and operators: never a secret."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from daemon.manager import CredentialManager, status_of
+
+
+class HealthApp:
+    def __init__(
+        self,
+        manager: CredentialManager,
+        required: Callable[[], list[str]],
+        describe: Callable[[str], dict[str, object]] | None = None,
+    ) -> None:
+        self.manager = manager
+        self.required = required
+        self.describe = describe
+        self.app = web.Application()
+        self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/readyz", self.readyz)
+        self.app.router.add_get("/status", self.status)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        # Answering at all proves the event loop runs.
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        problems = self.manager.problems(self.required())
+        if problems:
+            return web.json_response({"ready": False, "not_ready": problems}, status=503)
+        return web.json_response({"ready": True})
+
+    async def status(self, request: web.Request) -> web.Response:
+        now = self.manager.clock.time()
+        rows = []
+        for name, state in self.manager.states.items():
+            row = status_of(state, now, self.manager.policy)
+            if self.describe:
+                row.update(self.describe(name))
+            rows.append(row)
+        return web.json_response({"connections": rows})
