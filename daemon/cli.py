@@ -1,0 +1,98 @@
+"""The command line: parse, then hand over to the module that does the work.
+
+Imports are deferred to each command so that short-lived commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+DEFAULT_CONFIG = "/etc/credential-sidecar/config.toml"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from daemon.app import run
+
+    return run(args.config)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from daemon.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{args.config}: valid ({len(config.connections)} connection(s))")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from daemon.demo import demo
+
+    return asyncio.run(demo(key_type=args.key_type))
+
+
+def _cmd_emulator(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from daemon.emulator import run
+
+    return asyncio.run(run(args))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from daemon.status import status
+
+    return status(args.config, as_json=args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from daemon import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="credential-sidecar",
+        description="Keeps temporary AWS credentials fresh and serves them to local programs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
+
+    p = sub.add_parser("run", help="run the daemon in the foreground (systemd runs this)")
+    config_arg(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a configuration file without starting")
+    config_arg(p)
+    p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("demo", help="throwaway CA, built-in emulator and the daemon on loopback")
+    p.add_argument("--key-type", choices=["p256", "p384", "rsa"], default="p256")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("emulator", help="the built-in IAM Roles Anywhere emulator, for tests")
+    from daemon.emulator import configure_parser
+
+    configure_parser(p)
+    p.set_defaults(func=_cmd_emulator)
+
+    p = sub.add_parser("status", help="the running daemon's connections")
+    config_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
