@@ -81,6 +81,7 @@ class Daemon:
                 self.clock,
                 guard,
                 allow_imdsv1=listener.allow_imdsv1,
+                on_served=lambda _req, name=conn.name: manager.record_use(name, f"imds:{name}"),
             )
             await self._listen(f"imds:{conn.name}", imds.app, listener.listen, guard)
         if self.config.health is not None:

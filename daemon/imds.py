@@ -46,7 +46,7 @@ class TokenSealer:
 
     def valid(self, token: str) -> bool:
         try:
-            raw = base64.urlsafe_b64decode(token.encode("ascii"))
+            raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
         except (binascii.Error, UnicodeEncodeError, ValueError):
             return False
         if len(raw) != _TOKEN.size + _MAC_LEN:

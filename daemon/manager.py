@@ -21,6 +21,7 @@ from daemon.logs import get_logger
 from daemon.upstream import CredentialSource, UpstreamError
 
 log = get_logger()
+USED_BY_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class ConnectionState:
     failures: int = 0
     next_attempt_mono: float = 0.0
     renewals: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
+    used_by: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # -> [last, count]
 
     def servable(self, now: float, policy: Policy) -> Credentials | None:
         if self.current is not None and self.current.remaining(now) >= policy.min_serve_seconds:
@@ -83,6 +85,20 @@ class CredentialManager:
         """The set to serve now, or None: never an expired or nearly expired one."""
         state = self.states.get(name)
         return state.servable(self.clock.time(), self.policy) if state else None
+
+    def record_use(self, name: str, door: str, peer: str = "") -> None:
+        """Remember who fetched a connection's set, per door and (where known) per peer."""
+        state = self.states.get(name)
+        if state is None:
+            return
+        entry = state.used_by.get((door, peer))
+        if entry is None:
+            if len(state.used_by) >= USED_BY_LIMIT:
+                oldest = min(state.used_by, key=lambda k: state.used_by[k][0])
+                del state.used_by[oldest]
+            entry = state.used_by[(door, peer)] = [0.0, 0]
+        entry[0] = self.clock.time()
+        entry[1] += 1
 
     def problems(self, names: list[str] | None = None) -> dict[str, str]:
         """Connections with nothing fresh to serve, and why."""
@@ -227,4 +243,8 @@ def status_of(state: ConnectionState, now: float, policy: Policy) -> dict[str, o
         "last_error_at": iso_z(utc(state.last_error_at)) if state.last_error_at else None,
         "consecutive_failures": state.failures,
         "renewals": dict(state.renewals),
+        "used_by": [
+            {"door": door, "peer": peer or None, "last": iso_z(utc(last)), "count": int(count)}
+            for (door, peer), (last, count) in sorted(state.used_by.items())
+        ],
     }

@@ -208,3 +208,21 @@ async def test_wall_clock_jump_forward_triggers_an_immediate_check() -> None:
         assert creds is not None and creds.remaining(clock.time()) > 3000
     finally:
         await manager.stop()
+
+
+async def test_used_by_is_recorded_per_door_and_peer_and_bounded() -> None:
+    clock, _source, manager = await _start(3600)
+    try:
+        manager.record_use("conn", "imds:conn")
+        await clock.advance(5)
+        manager.record_use("conn", "imds:conn")
+        manager.record_use("conn", "control", "uid 1001")
+        manager.record_use("nope", "imds:nope")  # unknown names are ignored
+        state = manager.states["conn"]
+        assert state.used_by[("imds:conn", "")][1] == 2
+        assert state.used_by[("control", "uid 1001")][0] == clock.time()
+        for i in range(200):
+            manager.record_use("conn", "control", f"uid {i}")
+        assert len(state.used_by) == 64
+    finally:
+        await manager.stop()
