@@ -319,6 +319,9 @@ class DaemonSettings(_Model):
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     key_age_warning_days: Annotated[StrictInt, Field(ge=1)] = 90
+    # The AES-GCM key of the persistent credential cache (created 0600 if absent). Default:
+    # $CREDENTIALS_DIRECTORY/cache-key when systemd provides it, else <state_dir>/cache-key.
+    cache_key_file: ConfigPath | None = None
 
 
 class _Listener(_Model):

@@ -14,6 +14,7 @@ import contextlib
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from daemon.clock import Clock, utc
 from daemon.credentials import Credentials, iso_z
@@ -22,6 +23,14 @@ from daemon.upstream import CredentialSource, UpstreamError
 
 log = get_logger()
 USED_BY_LIMIT = 64
+
+
+class CredentialStore(Protocol):
+    """Where sets are persisted between runs (see daemon.cache)."""
+
+    async def save(self, name: str, binding: str, creds: Credentials) -> None: ...
+
+    async def load(self, name: str, binding: str) -> Credentials | None: ...
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class ConnectionState:
     next_attempt_mono: float = 0.0
     renewals: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
     used_by: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # -> [last, count]
+    restored: bool = False  # the current set came from the persistent cache
+    wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def servable(self, now: float, policy: Policy) -> Credentials | None:
         if self.current is not None and self.current.remaining(now) >= policy.min_serve_seconds:
@@ -70,8 +81,10 @@ class CredentialManager:
         *,
         policy: Policy | None = None,
         rng: random.Random | None = None,
+        store: CredentialStore | None = None,
     ) -> None:
         self.sources = dict(sources)
+        self.store = store
         self.clock = clock
         self.policy = policy or Policy()
         self.rng = rng or random.Random()
@@ -117,18 +130,71 @@ class CredentialManager:
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
-        for name in self.sources:
-            self._tasks[name] = asyncio.create_task(self._run(name), name=f"renew:{name}")
+        for name in list(self.sources):
+            await self._begin(name)
 
-    async def stop(self) -> None:
-        for task in self._tasks.values():
+    async def _begin(self, name: str) -> None:
+        await self._restore(name)
+        self._tasks[name] = asyncio.create_task(self._run(name), name=f"renew:{name}")
+
+    async def _end(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
             task.cancel()
-        for task in self._tasks.values():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks.clear()
-        for source in self.sources.values():
+        source = self.sources.get(name)
+        if source is not None:
             await source.close()
+
+    async def stop(self) -> None:
+        for name in list(self._tasks):
+            await self._end(name)
+
+    async def add(self, name: str, source: CredentialSource) -> None:
+        """Start serving a new (or changed) connection, from the cache if it still fits."""
+        if name in self.sources:
+            await self.remove(name)
+        self.sources[name] = source
+        self.states[name] = ConnectionState(name)
+        await self._begin(name)
+
+    async def remove(self, name: str) -> None:
+        await self._end(name)
+        self.sources.pop(name, None)
+        self.states.pop(name, None)
+        self._changed.set()
+
+    def refresh_now(self, name: str) -> None:
+        """Make a connection renew at once (new certificate, operator request)."""
+        state = self.states.get(name)
+        if state is not None:
+            state.next_attempt_mono = 0.0
+            state.refresh_remaining = float("inf")
+            state.wake.set()
+
+    async def _restore(self, name: str) -> None:
+        if self.store is None:
+            return
+        state, source = self.states[name], self.sources[name]
+        try:
+            binding = await source.binding()
+        except UpstreamError as error:
+            log.warning("cache not consulted", connection=name, reason=str(error))
+            return
+        creds = await self.store.load(name, binding)
+        if creds is None or creds.remaining(self.clock.time()) < self.policy.min_serve_seconds:
+            return
+        state.current, state.restored = creds, True
+        state.refresh_remaining = self._refresh_point(creds)
+        log.info(
+            "credentials restored from cache",
+            connection=name,
+            access_key_id=creds.access_key_id,
+            expires=iso_z(creds.expiration),
+            renew_in=round(max(0.0, self.seconds_until_due(state))),
+        )
+        self._changed.set()
 
     # -- the schedule -----------------------------------------------------------
     def seconds_until_due(self, state: ConnectionState) -> float:
@@ -172,10 +238,24 @@ class CredentialManager:
             wait = self.seconds_until_due(state)
             if wait > 0:
                 # At least 10 ms, so float rounding can never spin the loop short of the due time.
-                await self.clock.sleep(min(max(wait, 0.01), self.policy.tick_seconds))
+                await self._nap(state, min(max(wait, 0.01), self.policy.tick_seconds))
                 continue
             async with self._limit:
                 await self.renew(name)
+
+    async def _nap(self, state: ConnectionState, seconds: float) -> None:
+        """Sleep, unless woken early by refresh_now()."""
+        if state.wake.is_set():
+            state.wake.clear()
+            return
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        waker = asyncio.ensure_future(state.wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+        state.wake.clear()
 
     async def renew(self, name: str) -> None:
         """One upstream attempt for one connection, and what follows from it."""
@@ -194,7 +274,7 @@ class CredentialManager:
             log.exception("renewal crashed", connection=name)
             self._failed(state, UpstreamError("InternalError", repr(exc)))
         else:
-            state.current = creds
+            state.current, state.restored = creds, False
             state.refresh_remaining = self._refresh_point(creds)
             state.last_renewal = self.clock.time()
             state.failures = 0
@@ -207,7 +287,15 @@ class CredentialManager:
                 expires=iso_z(creds.expiration),
                 renew_in=round(creds.lifetime - state.refresh_remaining),
             )
+            if self.store is not None:
+                await self._persist(name, source, creds)
         self._changed.set()
+
+    async def _persist(self, name: str, source: CredentialSource, creds: Credentials) -> None:
+        try:
+            await self.store.save(name, await source.binding(), creds)  # type: ignore[union-attr]
+        except UpstreamError as error:
+            log.warning("credentials not persisted", connection=name, reason=str(error))
 
     def _failed(self, state: ConnectionState, error: UpstreamError) -> None:
         state.failures += 1
@@ -243,6 +331,7 @@ def status_of(state: ConnectionState, now: float, policy: Policy) -> dict[str, o
         "last_error_at": iso_z(utc(state.last_error_at)) if state.last_error_at else None,
         "consecutive_failures": state.failures,
         "renewals": dict(state.renewals),
+        "restored_from_cache": state.restored,
         "used_by": [
             {"door": door, "peer": peer or None, "last": iso_z(utc(last)), "count": int(count)}
             for (door, peer), (last, count) in sorted(state.used_by.items())

@@ -10,10 +10,10 @@ import aiohttp
 from daemon.clock import Clock, utc
 from daemon.config import RolesAnywhereConnection
 from daemon.credentials import Credentials, parse_time
-from daemon.identity import IdentityError, IdentitySource
+from daemon.identity import Identity, IdentityError, IdentitySource
 from daemon.logs import SECRETS
 from daemon.signer import sign_request
-from daemon.upstream import UpstreamError
+from daemon.upstream import UpstreamError, digest
 
 SERVICE = "rolesanywhere"
 
@@ -122,11 +122,22 @@ class RolesAnywhereSource:
             }
         ).encode()
 
-    async def fetch(self) -> Credentials:
+    async def _identity(self) -> Identity:
         try:
-            identity = await self.identity.get()
+            return await self.identity.get()
         except IdentityError as exc:
             raise UpstreamError("IdentityError", str(exc)) from None
+
+    async def binding(self) -> str:
+        identity = await self._identity()
+        c = self.connection
+        return digest(
+            c.type, c.trust_anchor_arn, c.profile_arn, c.role_arn, c.region, c.session_name,
+            c.duration_seconds, self.url, identity.fingerprint(),
+        )
+
+    async def fetch(self) -> Credentials:
+        identity = await self._identity()
         body = self.request_body()
         now = self.clock.time()
         signed = sign_request(

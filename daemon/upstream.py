@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,4 +57,16 @@ class CredentialSource(Protocol):
 
     async def fetch(self) -> Credentials: ...
 
+    async def binding(self) -> str:
+        """A digest of everything that decides which identity the sets belong to.
+
+        A persisted set is only reused while this is unchanged (same role, same certificate,
+        same key id ...); raising UpstreamError means "can't tell now", and the cache is skipped.
+        """
+        ...
+
     async def close(self) -> None: ...
+
+
+def digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()

@@ -39,6 +39,9 @@ class FakeSource:
         self.issued.append(creds)
         return creds
 
+    async def binding(self) -> str:
+        return "fake-binding"
+
     async def close(self) -> None:
         return None
 
