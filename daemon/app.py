@@ -6,15 +6,20 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import aiohttp
 
 from daemon import logs
-from daemon.clock import Clock, SystemClock
-from daemon.config import Config, ConfigError, RolesAnywhereConnection, load_config
+from daemon.cache import CredentialCache, default_key_path, load_or_create_key
+from daemon.clock import Clock, clock_from_env
+from daemon.config import Config, ConfigError, ImdsListener, RolesAnywhereConnection, load_config
 from daemon.credentials import iso_z
 from daemon.guards import HostGuard
 from daemon.health import HealthApp
+from daemon.identity import IdentityError
 from daemon.imds import ImdsApp, ImdsIdentity
 from daemon.listeners import Listener
 from daemon.manager import CredentialManager, Policy
@@ -22,6 +27,7 @@ from daemon.rolesanywhere import RolesAnywhereSource, account_of
 from daemon.upstream import CredentialSource, UpstreamError
 
 log = logs.get_logger()
+Door = tuple[Any, Any, HostGuard | None]  # (aiohttp app, Address, host guard or None)
 
 
 class UnsupportedSource:
@@ -34,6 +40,9 @@ class UnsupportedSource:
     async def fetch(self):  # type: ignore[no-untyped-def]
         raise UpstreamError("Unsupported", f"connection type {self.kind!r} is not supported yet")
 
+    async def binding(self) -> str:
+        raise UpstreamError("Unsupported", "nothing to cache")
+
     async def close(self) -> None:
         return None
 
@@ -43,7 +52,7 @@ class Daemon:
         self, config: Config, *, clock: Clock | None = None, policy: Policy | None = None
     ) -> None:
         self.config = config
-        self.clock = clock or SystemClock()
+        self.clock = clock or clock_from_env()
         self.policy = policy
         self.listeners: list[Listener] = []
         self.http: aiohttp.ClientSession | None = None
@@ -68,26 +77,60 @@ class Daemon:
             row["certificate_not_after"] = iso_z(identity.not_after) if identity else None
         return row
 
+    def _store(self) -> CredentialCache | None:
+        state_dir = self.config.daemon.state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            key_file = self.config.daemon.cache_key_file or default_key_path(state_dir)
+            key = load_or_create_key(key_file)
+        except (OSError, IdentityError) as exc:
+            log.warning("credential cache disabled: sets will not survive a restart",
+                        error=str(exc))
+            return None
+        return CredentialCache(state_dir / "cache", key)
+
+    def _doors(self, config: Config) -> dict[str, tuple[object, Callable[[], Door]]]:
+        """Every listener the config asks for: door name -> (its settings, how to build it)."""
+        doors: dict[str, tuple[object, Callable[[], Door]]] = {}
+        for listener in config.imds:
+            doors[f"imds:{listener.connection}"] = (listener, partial(self._imds_door, listener))
+        if config.health is not None:
+            doors["health"] = (config.health, self._health_door)
+        return doors
+
+    def _imds_door(self, listener: ImdsListener) -> Door:
+        manager = self._manager()
+        conn = self.config.connection(listener.connection)
+        guard = HostGuard(listener.listen.host, aliases=("169.254.169.254",))
+        name = conn.name
+        imds = ImdsApp(
+            ImdsIdentity(name, conn.region, account_of(getattr(conn, "role_arn", None) or "")),
+            lambda: manager.get(name),
+            self.clock,
+            guard,
+            allow_imdsv1=listener.allow_imdsv1,
+            on_served=lambda _req: manager.record_use(name, f"imds:{name}"),
+        )
+        return imds.app, listener.listen, guard
+
+    def _health_door(self) -> Door:
+        assert self.config.health is not None
+        health = HealthApp(self._manager(), self._required, self._describe)
+        return health.app, self.config.health.listen, None
+
+    def _manager(self) -> CredentialManager:
+        assert self.manager is not None, "the manager is built before any door"
+        return self.manager
+
     async def start(self) -> None:
         self.http = aiohttp.ClientSession()
         sources = {c.name: self._source(c) for c in self.config.connections}
-        manager = self.manager = CredentialManager(sources, self.clock, policy=self.policy)
-        for listener in self.config.imds:
-            conn = self.config.connection(listener.connection)
-            guard = HostGuard(listener.listen.host, aliases=("169.254.169.254",))
-            imds = ImdsApp(
-                ImdsIdentity(conn.name, conn.region, account_of(conn.role_arn or "")),
-                lambda name=conn.name: manager.get(name),
-                self.clock,
-                guard,
-                allow_imdsv1=listener.allow_imdsv1,
-                on_served=lambda _req, name=conn.name: manager.record_use(name, f"imds:{name}"),
-            )
-            await self._listen(f"imds:{conn.name}", imds.app, listener.listen, guard)
-        if self.config.health is not None:
-            health = HealthApp(manager, self._required, self._describe)
-            await self._listen("health", health.app, self.config.health.listen, None)
-        await manager.start()
+        self.manager = CredentialManager(
+            sources, self.clock, policy=self.policy, store=self._store()
+        )
+        for door, (_, build) in self._doors(self.config).items():
+            await self._listen(door, *build())
+        await self.manager.start()
 
     async def _listen(self, door, app, address, guard: HostGuard | None) -> None:  # type: ignore[no-untyped-def]
         listener = Listener(door, app, address.host, address.port)
@@ -95,6 +138,52 @@ class Daemon:
         port = await listener.start()
         if guard is not None:
             guard.port = port
+
+    async def reload(self, config: Config) -> None:
+        """Apply a new config: unchanged connections keep their sets and schedules."""
+        manager = self._manager()
+        old, self.config = self.config, config
+        if config.daemon.state_dir != old.daemon.state_dir:
+            log.warning("state_dir changes take effect at the next restart")
+        logs.configure(config.daemon.log_format, config.daemon.log_level)
+        before = {c.name: c for c in old.connections}
+        after = {c.name: c for c in config.connections}
+        for name in before.keys() - after.keys():
+            await manager.remove(name)
+            log.info("connection removed", connection=name)
+        for name, conn in after.items():
+            if before.get(name) != conn:
+                await manager.add(name, self._source(conn))
+                log.info("connection started" if name not in before else "connection changed",
+                         connection=name)
+            else:
+                await self._recheck_identity(name)
+        old_doors, new_doors = self._doors(old), self._doors(config)
+        for listener in list(self.listeners):
+            spec = new_doors.get(listener.door)
+            if spec is None or spec[0] != old_doors.get(listener.door, (None,))[0]:
+                await listener.stop()
+                self.listeners.remove(listener)
+        running = {listener.door for listener in self.listeners}
+        for door, (_, build) in new_doors.items():
+            if door not in running:
+                await self._listen(door, *build())
+
+    async def _recheck_identity(self, name: str) -> None:
+        """Re-read certificate files; a new certificate gets a new set at once."""
+        source = self._manager().sources.get(name)
+        if not isinstance(source, RolesAnywhereSource):
+            return
+        before = source.identity.current()
+        try:
+            now = await source.identity.get()
+        except IdentityError as exc:
+            log.warning("certificate files unreadable, keeping the current set", connection=name,
+                        error=str(exc))
+            return
+        if before is None or before.fingerprint() != now.fingerprint():
+            log.info("certificate changed on disk, renewing", connection=name, serial=now.serial)
+            self._manager().refresh_now(name)
 
     def url(self, door: str) -> str:
         return next(listener.url for listener in self.listeners if listener.door == door)
@@ -108,11 +197,13 @@ class Daemon:
             await self.http.close()
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, config_path: str | None = None) -> int:
     stop = asyncio.Event()
+    hangup = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
     daemon = Daemon(config)
     try:
         await daemon.start()
@@ -121,7 +212,14 @@ async def serve(config: Config) -> int:
         await daemon.stop()
         return 1
     ready = asyncio.create_task(_announce_ready(daemon))
-    await stop.wait()
+    while not stop.is_set():
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hangup.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        if hangup.is_set() and not stop.is_set():
+            hangup.clear()
+            await _reload(daemon, config_path)
     log.info("stopping")
     ready.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -129,6 +227,26 @@ async def serve(config: Config) -> int:
     await daemon.stop()
     log.info("stopped")
     return 0
+
+
+async def _reload(daemon: Daemon, config_path: str | None) -> None:
+    """SIGHUP: a config that does not validate is refused and the old one keeps serving."""
+    if config_path is None:
+        log.warning("reload requested but the daemon was not started from a file")
+        return
+    log.info("reloading", config=config_path)
+    try:
+        config = await asyncio.to_thread(load_config, config_path)
+    except ConfigError as exc:
+        log.error("reload refused: the new config is invalid; still serving the old one",
+                  problems=exc.problems)
+        return
+    try:
+        await daemon.reload(config)
+    except OSError as exc:
+        log.error("reload incomplete: a listener could not start", error=str(exc))
+        return
+    log.info("reloaded", connections=len(config.connections))
 
 
 async def _announce_ready(daemon: Daemon) -> None:
@@ -144,4 +262,4 @@ def run(config_path: str) -> int:
         print(exc, file=sys.stderr)
         return 2
     logs.configure(config.daemon.log_format, config.daemon.log_level)
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, config_path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
 import time as _time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -85,3 +86,47 @@ async def settle(rounds: int = 20) -> None:
     for _ in range(rounds):
         await asyncio.sleep(0)
 
+
+
+TEST_CLOCK_ENV = "CREDENTIAL_SIDECAR_TEST_CLOCK_FILE"
+
+
+class OffsetClock(SystemClock):
+    """Real time plus an offset read from a file: lets tests move a whole process in time.
+
+    Enabled only through ``CREDENTIAL_SIDECAR_TEST_CLOCK_FILE``; the file holds a number of
+    seconds to add to both clocks. Sleepers wake early when the offset moves past them.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._offset = 0.0
+        self._read_at = -1.0
+
+    def offset(self) -> float:
+        now = _time.monotonic()
+        if now - self._read_at > 0.01:
+            self._read_at = now
+            try:
+                with open(self.path) as handle:
+                    self._offset = float(handle.read().strip() or 0)
+            except (OSError, ValueError):
+                pass
+        return self._offset
+
+    def time(self) -> float:
+        return _time.time() + self.offset()
+
+    def monotonic(self) -> float:
+        return _time.monotonic() + self.offset()
+
+    async def sleep(self, seconds: float) -> None:
+        deadline = self.monotonic() + seconds
+        # Polling is the point: the offset can move under a sleeper at any moment.
+        while (left := deadline - self.monotonic()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(min(left, 0.05))
+
+
+def clock_from_env() -> Clock:
+    path = os.environ.get(TEST_CLOCK_ENV)
+    return OffsetClock(path) if path else SystemClock()
