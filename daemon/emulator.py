@@ -70,7 +70,7 @@ from cryptography.x509.oid import NameOID
 from multidict import CIMultiDictProxy
 
 from daemon import signer
-from daemon.clock import Clock, SystemClock
+from daemon.clock import Clock, SystemClock, clock_from_env
 
 log = structlog.get_logger("daemon.emulator")
 
@@ -967,7 +967,7 @@ def _write_port_file(path: Path, port: int) -> None:
 async def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 0 on a clean stop, 2 for bad options."""
     try:
-        emulator = emulator_from_args(args)
+        emulator = emulator_from_args(args, clock=clock_from_env())
         host, port = parse_listen(args.listen)
     except (OSError, ValueError) as exc:
         print(f"credential-sidecar emulator: {exc}", file=sys.stderr, flush=True)

@@ -30,15 +30,25 @@ class HealthApp:
 
     async def readyz(self, request: web.Request) -> web.Response:
         problems = self.manager.problems(self.required())
+        # Serving the last good set while renewals fail is ready, but never silently so.
+        degraded = {
+            name: str(state.last_error)
+            for name, state in self.manager.states.items()
+            if state.last_error is not None and name not in problems
+        }
+        body: dict[str, object] = {"ready": not problems}
         if problems:
-            return web.json_response({"ready": False, "not_ready": problems}, status=503)
-        return web.json_response({"ready": True})
+            body["not_ready"] = problems
+        if degraded:
+            body["degraded"] = degraded
+        return web.json_response(body, status=503 if problems else 200)
 
     async def status(self, request: web.Request) -> web.Response:
         now = self.manager.clock.time()
         rows = []
         for name, state in self.manager.states.items():
-            row = status_of(state, now, self.manager.policy)
+            due = self.manager.seconds_until_due(state)
+            row = status_of(state, now, self.manager.policy, due)
             if self.describe:
                 row.update(self.describe(name))
             rows.append(row)

@@ -225,9 +225,11 @@ class CredentialManager:
         delay = min(cap, base * 2 ** (state.failures - 1))
         delay *= 0.5 + 0.5 * self.rng.random()
         if state.current is not None:
-            # Retry more often as the set we still serve nears the end of its life.
+            # Retry more often as the set we still serve nears the end of its life (but once
+            # it has lapsed there is nothing to save: plain backoff again).
             left = state.current.remaining(self.clock.time()) - p.min_serve_seconds
-            delay = min(delay, max(1.0, left / 4))
+            if left > 0:
+                delay = min(delay, max(1.0, left / 4))
         if error.retry_after:
             delay = max(delay, error.retry_after)
         return delay
@@ -317,10 +319,13 @@ class CredentialManager:
         )
 
 
-def status_of(state: ConnectionState, now: float, policy: Policy) -> dict[str, object]:
+def status_of(
+    state: ConnectionState, now: float, policy: Policy, due_in: float | None = None
+) -> dict[str, object]:
     """The non-secret facts about one connection, for /status and the CLI."""
     creds = state.current
     return {
+        "next_renewal": iso_z(utc(now + due_in)) if due_in is not None else None,
         "name": state.name,
         "state": state.phase(now, policy),
         "access_key_id": creds.access_key_id if creds else None,

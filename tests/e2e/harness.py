@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,13 @@ CLEAN_ENV_KEYS = (
     "AWS_DEFAULT_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_WEB_IDENTITY_TOKEN_FILE",
 )
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for configs that must keep a port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
@@ -130,7 +138,8 @@ class Emulator:
 
 @contextmanager
 def emulator(tmp: Path, cas: list[Path], *, role_arns: tuple[str, ...] = (ROLE,),
-             extra: list[str] | None = None) -> Iterator[Emulator]:
+             extra: list[str] | None = None,
+             env: dict[str, str] | None = None) -> Iterator[Emulator]:
     port_file = tmp / "emulator.port"
     args = ["emulator", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
             "--trust-anchor-arn", TRUST_ANCHOR, "--profile-arn", PROFILE]
@@ -138,7 +147,7 @@ def emulator(tmp: Path, cas: list[Path], *, role_arns: tuple[str, ...] = (ROLE,)
         args += ["--ca", str(ca)]
     for role in role_arns:
         args += ["--role-arn", role]
-    process = start(args + (extra or []), tmp / "emulator.log")
+    process = start(args + (extra or []), tmp / "emulator.log", env)
     try:
         port = wait_for(lambda: port_file.exists() and port_file.read_text().strip(),
                         what="the emulator's port file")
@@ -208,11 +217,9 @@ class Daemon:
         return status == 200
 
 
-@contextmanager
-def daemon(tmp: Path, connections: list[dict[str, Any]], *,
-           imds: list[dict[str, Any]] | None = None, log_level: str = "debug",
-           wait_ready: bool = True, env: dict[str, str] | None = None,
-           extra: dict[str, Any] | None = None) -> Iterator[Daemon]:
+def daemon_config(tmp: Path, connections: list[dict[str, Any]], *,
+                  imds: list[dict[str, Any]] | None = None, log_level: str = "debug",
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {
         "daemon": {"state_dir": str(tmp / "state"), "log_format": "json", "log_level": log_level},
         "health": {"listen": "127.0.0.1:0"},
@@ -223,11 +230,21 @@ def daemon(tmp: Path, connections: list[dict[str, Any]], *,
         config["imds"] = imds
     config.update(extra or {})
     config["connections"] = connections
+    return config
+
+
+@contextmanager
+def daemon(tmp: Path, connections: list[dict[str, Any]], *,
+           imds: list[dict[str, Any]] | None = None, log_level: str = "debug",
+           wait_ready: bool = True, env: dict[str, str] | None = None,
+           extra: dict[str, Any] | None = None, log_name: str = "daemon.log",
+           expect_exit: int | None = 0) -> Iterator[Daemon]:
+    config = daemon_config(tmp, connections, imds=imds, log_level=log_level, extra=extra)
     path = tmp / "config.toml"
     path.write_text(to_toml(config))
-    process = start(["run", "--config", str(path)], tmp / "daemon.log", env)
+    process = start(["run", "--config", str(path)], tmp / log_name, env)
     handle = Daemon(process, path)
-    expected = 1 + len(imds) + (1 if "container" in config else 0)
+    expected = 1 + len(config.get("imds", [])) + (1 if "container" in config else 0)
 
     def listening() -> bool:
         if process.proc.poll() is not None:
@@ -244,4 +261,7 @@ def daemon(tmp: Path, connections: list[dict[str, Any]], *,
         yield handle
     finally:
         code = process.stop()
-        assert code == 0, f"daemon exit code {code}:\n" + "\n".join(process.lines()[-30:])
+        if expect_exit is not None:
+            assert code == expect_exit, (
+                f"daemon exit code {code}:\n" + "\n".join(process.lines()[-30:])
+            )
