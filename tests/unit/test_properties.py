@@ -1,0 +1,112 @@
+"""Property-based tests: the schedule under any failure pattern, the IMDS parser under any input."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from aiohttp.test_utils import make_mocked_request
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from daemon.clock import FakeClock, utc
+from daemon.credentials import Credentials
+from daemon.guards import HostGuard
+from daemon.imds import ImdsApp, ImdsIdentity
+from daemon.manager import CredentialManager
+from daemon.upstream import UpstreamError
+from tests.unit.test_manager import FakeSource
+
+ERRORS = st.sampled_from([
+    UpstreamError("InternalServerException", "down", 503),
+    UpstreamError("ThrottlingException", "slow down", 429, retry_after=30),
+    UpstreamError("AccessDeniedException", "Untrusted signing certificate", 403),
+    UpstreamError("MalformedResponse", "truncated"),
+    UpstreamError("Timeout", "no answer"),
+])
+
+
+async def _run_schedule(lifetime: int, seed: int, outages: list[tuple[int, int, UpstreamError]],
+                        hours: int) -> None:
+    clock = FakeClock()
+    source = FakeSource(clock, lifetime)
+    manager = CredentialManager({"c": source}, clock, rng=random.Random(seed))
+    await manager.start()
+    start = clock.time()
+    try:
+        await clock.advance(0)
+        for _ in range(hours * 3600 // 20):
+            t = clock.time() - start
+            source.failing = next((e for s, d, e in outages if s <= t < s + d), None)
+            await clock.advance(20)
+            creds = manager.get("c")
+            now = clock.time()
+            if creds is not None:
+                assert creds.remaining(now) >= 60
+                assert creds.secret_access_key
+            else:
+                # An error is only honest when nothing good was ever issued that is still good.
+                good = [c for c in source.issued if c.remaining(now) >= 60 + 20]
+                assert not good, "a good set existed but none was served"
+        # Backoff bounds the calls: never more than one per second on average.
+        assert source.calls <= hours * 3600
+    finally:
+        await manager.stop()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lifetime=st.integers(900, 43200),
+    seed=st.integers(0, 2**32),
+    outages=st.lists(
+        st.tuples(st.integers(0, 6 * 3600), st.integers(1, 3 * 3600), ERRORS), max_size=4
+    ),
+)
+def test_schedule_never_serves_a_lapsing_set_whatever_fails(
+    lifetime: int, seed: int, outages: list[tuple[int, int, UpstreamError]]
+) -> None:
+    asyncio.run(_run_schedule(lifetime, seed, outages, hours=8))
+
+
+def _imds() -> ImdsApp:
+    clock = FakeClock()
+    creds = Credentials("ASIAEXAMPLE", "secret-value-123456", "token-value-123456",
+                        utc(clock.time() + 3600), utc(clock.time()))
+    guard = HostGuard("127.0.0.1")
+    guard.port = 9911
+    return ImdsApp(ImdsIdentity("app", "us-east-1", "111122223333"), lambda: creds, clock, guard)
+
+
+IMDS = _imds()
+HEADER_NAMES = st.sampled_from([
+    "Host", "X-aws-ec2-metadata-token", "X-aws-ec2-metadata-token-ttl-seconds",
+    "X-Forwarded-For", "Forwarded", "Content-Type", "Authorization", "X-Random",
+])
+TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+PATHS = st.one_of(
+    st.sampled_from([
+        "/latest/api/token", "/latest/meta-data/iam/security-credentials/",
+        "/latest/meta-data/iam/security-credentials/app", "/latest/meta-data/placement/region",
+        "/latest/dynamic/instance-identity/document", "/", "//", "/latest/../etc",
+    ]),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=60).map(lambda p: "/" + p),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "TRACE"]),
+    path=PATHS,
+    headers=st.dictionaries(HEADER_NAMES, TEXT, max_size=5),
+)
+def test_imds_answers_any_request_with_a_client_error_or_success_never_a_crash(
+    method: str, path: str, headers: dict[str, str]
+) -> None:
+    request = make_mocked_request(method, path, headers=headers)
+    response = asyncio.run(IMDS.handle(request))
+    assert response.status < 500
+    if response.status == 200:
+        body = response.body.decode() if isinstance(response.body, bytes) else ""  # type: ignore[union-attr]
+        if "SecretAccessKey" in body:
+            # Credentials only ever go out with a valid token (IMDSv1 is off here).
+            assert IMDS.tokens.valid(headers.get("X-aws-ec2-metadata-token", ""))
