@@ -39,6 +39,8 @@ from pydantic import (
     field_validator,
 )
 
+from daemon.arn import Arn
+
 __all__ = [
     "AccessKeysConnection",
     "Address",
@@ -106,7 +108,7 @@ class ConfigError(Exception):
 # --- small value types ---------------------------------------------------------------------------
 
 
-def _is_loopback_host(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
     try:
@@ -127,7 +129,7 @@ class Address:
 
     @property
     def is_loopback(self) -> bool:
-        return _is_loopback_host(self.host)
+        return is_loopback(self.host)
 
     @classmethod
     def parse(cls, text: str) -> Address:
@@ -176,26 +178,6 @@ def _address(value: Any) -> Address:
     return Address.parse(value)
 
 
-@dataclass(frozen=True, slots=True)
-class _Arn:
-    partition: str
-    service: str
-    region: str
-    account: str
-    resource: str
-
-    @classmethod
-    def split(cls, text: str) -> _Arn | None:
-        parts = text.split(":", 5)
-        if len(parts) != 6 or parts[0] != "arn":
-            return None
-        return cls(*parts[1:])
-
-    @property
-    def kind(self) -> tuple[str, str]:
-        return self.service, self.resource.split("/", 1)[0]
-
-
 _ARN_KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("rolesanywhere", "trust-anchor"): (
         "a Roles Anywhere trust anchor ARN",
@@ -209,10 +191,10 @@ _ARN_KINDS: dict[tuple[str, str], tuple[str, str]] = {
 }
 
 
-def _check_arn(text: str, kind: tuple[str, str]) -> _Arn:
+def _check_arn(text: str, kind: tuple[str, str]) -> Arn:
     """Shape, partition and service of an ARN; a wrong kind of ARN is named, not echoed."""
     label, template = _ARN_KINDS[kind]
-    arn = _Arn.split(text)
+    arn = Arn.split(text)
     if arn is None:
         raise ValueError(f"must be an ARN like {template}")
     if arn.kind != kind:
@@ -260,7 +242,7 @@ def _check_endpoint(value: str) -> str:
         raise ValueError("must be an https URL like https://host[:port]")
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ValueError("must not carry a user name, password, query or fragment")
-    if parts.scheme == "http" and not _is_loopback_host(host):
+    if parts.scheme == "http" and not is_loopback(host):
         raise ValueError(
             "plain http is accepted only for a loopback host (127.0.0.1, ::1, localhost); use https"
         )
@@ -400,7 +382,7 @@ class RolesAnywhereConnection(_ConnectionBase):
     @classmethod
     def _profile(cls, value: str, info: ValidationInfo) -> str:
         arn = _check_arn(value, ("rolesanywhere", "profile"))
-        anchor = _Arn.split(info.data.get("trust_anchor_arn") or "")
+        anchor = Arn.split(info.data.get("trust_anchor_arn") or "")
         if anchor is not None and anchor.region != arn.region:
             raise ValueError(
                 f"in region {arn.region} but trust_anchor_arn is in {anchor.region};"
@@ -420,7 +402,7 @@ class RolesAnywhereConnection(_ConnectionBase):
     @classmethod
     def _region(cls, value: Any, info: ValidationInfo) -> str | None:
         """Defaults to the trust anchor's region; CreateSession must go where the anchor lives."""
-        anchor = _Arn.split(info.data.get("trust_anchor_arn") or "")
+        anchor = Arn.split(info.data.get("trust_anchor_arn") or "")
         if value is None:
             # None only when trust_anchor_arn is itself invalid: its own problem is reported.
             return anchor.region if anchor is not None else None

@@ -70,6 +70,7 @@ from cryptography.x509.oid import NameOID
 from multidict import CIMultiDictProxy
 
 from daemon import signer
+from daemon.arn import Arn
 from daemon.clock import Clock, SystemClock, clock_from_env
 
 log = structlog.get_logger("daemon.emulator")
@@ -215,22 +216,6 @@ def error_type_for(status: int) -> str:
 
 
 # --------------------------------------------------------------------------- ARNs
-
-
-@dataclass(frozen=True)
-class Arn:
-    partition: str
-    service: str
-    region: str
-    account: str
-    resource: str
-
-    @classmethod
-    def parse(cls, text: str) -> Arn:
-        parts = text.split(":", 5)
-        if len(parts) != 6 or parts[0] != "arn" or not parts[1] or not parts[5]:
-            raise ValueError(f"not an ARN: {text!r}")
-        return cls(*parts[1:])
 
 
 def _resource_arn(text: str, service: str, kind: str) -> Arn:

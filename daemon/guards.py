@@ -6,18 +6,9 @@ rebinding, and from a misconfigured proxy; both announce themselves in headers.
 
 from __future__ import annotations
 
-import ipaddress
-
 from aiohttp import web
 
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+from daemon.config import is_loopback
 
 
 class HostGuard:

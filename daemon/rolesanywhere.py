@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 
+from daemon.arn import Arn
 from daemon.clock import Clock, utc
 from daemon.config import RolesAnywhereConnection
 from daemon.credentials import Credentials, parse_time
@@ -24,8 +25,8 @@ def default_endpoint(region: str) -> str:
 
 
 def account_of(role_arn: str) -> str | None:
-    parts = role_arn.split(":")
-    return parts[4] if len(parts) > 5 and parts[4] else None
+    arn = Arn.split(role_arn)
+    return arn.account if arn and arn.account else None
 
 
 def _retry_after(value: str | None) -> float | None:
