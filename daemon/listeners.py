@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from aiohttp import web
 
 from daemon.logs import get_logger
@@ -10,21 +12,31 @@ log = get_logger()
 
 
 class Listener:
-    def __init__(self, door: str, app: web.Application, host: str, port: int) -> None:
+    def __init__(
+        self, door: str, app: web.Application, host: str, port: int,
+        sock: socket.socket | None = None,
+    ) -> None:
         self.door = door
         self.app = app
         self.host = host
         self.port = port
+        self.sock = sock  # a listening socket from systemd (socket activation): serve it as is
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful when asked for port 0)."""
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host.strip("[]"), self.port, reuse_address=True)
+        site: web.BaseSite
+        if self.sock is not None:
+            site = web.SockSite(self._runner, self.sock)
+        else:
+            site = web.TCPSite(self._runner, self.host.strip("[]"), self.port, reuse_address=True)
         await site.start()
+        if self.sock is not None:
+            self.host = str(self._runner.addresses[0][0])
         self.port = int(self._runner.addresses[0][1])
-        log.info("listening", door=self.door, address=self.url)
+        log.info("listening", door=self.door, address=self.url, activated=self.sock is not None)
         return self.port
 
     @property
