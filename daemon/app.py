@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from typing import Any
 import aiohttp
 
 from daemon import logs
+from daemon.activation import SocketPool
 from daemon.cache import CredentialCache, default_key_path, load_or_create_key
 from daemon.clock import Clock, clock_from_env
 from daemon.config import Config, ConfigError, ImdsListener, RolesAnywhereConnection, load_config
@@ -24,6 +24,8 @@ from daemon.imds import ImdsApp, ImdsIdentity
 from daemon.listeners import Listener
 from daemon.manager import CredentialManager, Policy
 from daemon.rolesanywhere import RolesAnywhereSource, account_of
+from daemon.service import ServiceLink, install_test_hooks
+from daemon.systemd import Notifier, listen_fds
 from daemon.upstream import CredentialSource, UpstreamError
 
 log = logs.get_logger()
@@ -49,9 +51,11 @@ class UnsupportedSource:
 
 class Daemon:
     def __init__(
-        self, config: Config, *, clock: Clock | None = None, policy: Policy | None = None
+        self, config: Config, *, clock: Clock | None = None, policy: Policy | None = None,
+        sockets: SocketPool | None = None,
     ) -> None:
         self.config = config
+        self.sockets = sockets or SocketPool()  # listening sockets systemd passed us, if any
         self.clock = clock or clock_from_env()
         self.policy = policy
         self.listeners: list[Listener] = []
@@ -128,12 +132,17 @@ class Daemon:
         self.manager = CredentialManager(
             sources, self.clock, policy=self.policy, store=self._store()
         )
-        for door, (_, build) in self._doors(self.config).items():
+        doors = self._doors(self.config)
+        listens = {door: spec.listen for door, (spec, _) in doors.items()}  # type: ignore[attr-defined]
+        self.sockets.assign(listens)
+        for door, (_, build) in doors.items():
             await self._listen(door, *build())
+        self.sockets.release_unclaimed()
         await self.manager.start()
 
     async def _listen(self, door, app, address, guard: HostGuard | None) -> None:  # type: ignore[no-untyped-def]
-        listener = Listener(door, app, address.host, address.port)
+        sock = self.sockets.socket_for(door, address)
+        listener = Listener(door, app, address.host, address.port, sock=sock)
         self.listeners.append(listener)
         port = await listener.start()
         if guard is not None:
@@ -195,23 +204,30 @@ class Daemon:
             await self.manager.stop()
         if self.http is not None:
             await self.http.close()
+        self.sockets.close()
 
 
-async def serve(config: Config, config_path: str | None = None) -> int:
+async def serve(
+    config: Config, config_path: str | None = None, *, notifier: Notifier | None = None
+) -> int:
+    notifier = notifier or Notifier.from_env()
     stop = asyncio.Event()
     hangup = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hangup.set)
-    daemon = Daemon(config)
+    install_test_hooks(loop)
+    daemon = Daemon(config, sockets=SocketPool(listen_fds()))
     try:
         await daemon.start()
     except OSError as exc:
         log.error("cannot start", error=str(exc))
         await daemon.stop()
         return 1
-    ready = asyncio.create_task(_announce_ready(daemon))
+    link = ServiceLink(notifier, daemon._manager(), daemon._required,
+                       ready_timeout=config.daemon.ready_timeout_seconds)
+    link.start()
     while not stop.is_set():
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hangup.wait())]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -219,40 +235,38 @@ async def serve(config: Config, config_path: str | None = None) -> int:
             waiter.cancel()
         if hangup.is_set() and not stop.is_set():
             hangup.clear()
-            await _reload(daemon, config_path)
+            link.reloading()
+            link.reloaded(await _reload(daemon, config_path))
     log.info("stopping")
-    ready.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await ready
+    link.stopping()
+    await link.close()
     await daemon.stop()
     log.info("stopped")
     return 0
 
 
-async def _reload(daemon: Daemon, config_path: str | None) -> None:
-    """SIGHUP: a config that does not validate is refused and the old one keeps serving."""
+async def _reload(daemon: Daemon, config_path: str | None) -> str | None:
+    """SIGHUP: a config that does not validate is refused and the old one keeps serving.
+
+    Returns what went wrong, in a few words for systemd's STATUS=, or None.
+    """
     if config_path is None:
         log.warning("reload requested but the daemon was not started from a file")
-        return
+        return "reload ignored: not started from a file"
     log.info("reloading", config=config_path)
     try:
         config = await asyncio.to_thread(load_config, config_path)
     except ConfigError as exc:
         log.error("reload refused: the new config is invalid; still serving the old one",
                   problems=exc.problems)
-        return
+        return f"reload refused: config invalid ({len(exc.problems)} problem(s))"
     try:
         await daemon.reload(config)
     except OSError as exc:
         log.error("reload incomplete: a listener could not start", error=str(exc))
-        return
+        return "reload incomplete: a listener could not start"
     log.info("reloaded", connections=len(config.connections))
-
-
-async def _announce_ready(daemon: Daemon) -> None:
-    assert daemon.manager is not None
-    await daemon.manager.wait_ready(daemon._required())
-    log.info("ready", connections=len(daemon.config.connections))
+    return None
 
 
 def run(config_path: str) -> int:

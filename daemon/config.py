@@ -304,6 +304,9 @@ class DaemonSettings(_Model):
     # The AES-GCM key of the persistent credential cache (created 0600 if absent). Default:
     # $CREDENTIALS_DIRECTORY/cache-key when systemd provides it, else <state_dir>/cache-key.
     cache_key_file: ConfigPath | None = None
+    # Under systemd (Type=notify): READY=1 once every required connection is ready, or after this
+    # many seconds, whichever is first. Keep it below the unit's TimeoutStartSec= (90 s).
+    ready_timeout_seconds: Annotated[StrictInt, Field(ge=0, le=3600)] = 60
 
 
 class _Listener(_Model):
