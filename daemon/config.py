@@ -270,8 +270,23 @@ def _not_empty(value: Any) -> Any:
     return value
 
 
+CREDENTIALS_PREFIXES = ("$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/")
+
+
 def _resolve(value: Path, info: ValidationInfo) -> Path:
-    """Relative paths are relative to the configuration file, not to the daemon's cwd."""
+    """Relative paths are relative to the configuration file, not to the daemon's cwd.
+
+    A path starting with ``$CREDENTIALS_DIRECTORY/`` names a systemd credential (LoadCredential=):
+    systemd does not expand the config file, so the daemon does. Without that variable (say,
+    check-config in a shell) the path stays as written, and opening it says what is missing.
+    """
+    text = str(value)
+    if text in (p.rstrip("/") for p in CREDENTIALS_PREFIXES):
+        raise ValueError("names the credentials directory itself; name a file in it")
+    for prefix in CREDENTIALS_PREFIXES:
+        if text.startswith(prefix):
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            return Path(directory) / text[len(prefix) :] if directory else value
     base = (info.context or {}).get("base_dir")
     if base is not None and not value.is_absolute():
         return Path(base) / value

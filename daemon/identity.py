@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import stat
+import struct
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -89,10 +90,55 @@ def _refuse_irregular(path: Path, what: str, st: os.stat_result) -> None:
         )
 
 
-def _refuse_exposed(path: Path, what: str, st: os.stat_result) -> None:
-    """Mode bits only: the daemon may run as root, for whom access() says yes to everything."""
+# POSIX access ACLs as Linux stores them (acl(5)): a version, then (tag, perm, id) entries.
+_ACL_XATTR = "system.posix_acl_access"
+_ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK = 0x02, 0x04, 0x08, 0x10
+
+
+def _acl_grants(target: int | Path, owner: int) -> list[str] | None:
+    """Whom a file's ACL lets read or write it besides its owner and the daemon's own user;
+    None when the file has no ACL.
+
+    With an ACL the group bits of the mode are the ACL's mask, not the group's rights: systemd's
+    credential files ($CREDENTIALS_DIRECTORY) are root's, mode 0400, plus one ACL entry for the
+    service's user, and so read as 0440 although no group can read them.
+    """
+    try:
+        blob = os.getxattr(target, _ACL_XATTR)
+    except OSError:
+        return None
+    if len(blob) < 4 or (len(blob) - 4) % 8 or struct.unpack_from("<I", blob)[0] != 2:
+        return ["an ACL entry the daemon cannot parse"]
+    entries = [struct.unpack_from("<HHI", blob, offset) for offset in range(4, len(blob), 8)]
+    mask = next((perm for tag, perm, _ in entries if tag == _ACL_MASK), 0o7)
+    grants = []
+    for tag, perm, ident in entries:
+        if not perm & mask & 0o6:  # neither read nor write
+            continue
+        if tag == _ACL_USER and ident not in (owner, os.geteuid()):
+            grants.append(f"user {ident}")
+        elif tag == _ACL_GROUP_OBJ:
+            grants.append("the file's group")
+        elif tag == _ACL_GROUP:
+            grants.append(f"group {ident}")
+    return grants
+
+
+def _refuse_exposed(
+    path: Path, what: str, st: os.stat_result, fd: int | None = None
+) -> None:
+    """Mode bits (and ACL): the daemon may run as root, for whom access() says yes to anything."""
     _refuse_irregular(path, what, st)
     mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o070 and not mode & 0o007:
+        grants = _acl_grants(fd if fd is not None else path, st.st_uid)
+        if grants == []:
+            return
+        if grants:
+            raise IdentityError(
+                f"{what} {path} has an ACL letting {', '.join(grants)} read or write it; "
+                f"run: setfacl -b {path} && chmod 600 {path}"
+            )
     if mode & 0o077:
         if mode & 0o044:
             exposure = "readable"
@@ -107,6 +153,11 @@ def _refuse_exposed(path: Path, what: str, st: os.stat_result) -> None:
 
 
 def _missing(path: Path, what: str) -> IdentityError:
+    if "CREDENTIALS_DIRECTORY" in str(path):
+        return IdentityError(
+            f"{what} {path} cannot be found: $CREDENTIALS_DIRECTORY is not set; it is set by "
+            "systemd for a unit with LoadCredential= (run the daemon as that service)"
+        )
     return IdentityError(f"{what} {path} does not exist: create it or fix the path in the config")
 
 
@@ -143,7 +194,7 @@ def _read(
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(handle.fileno())
         if private:
-            _refuse_exposed(path, what, st)
+            _refuse_exposed(path, what, st, handle.fileno())
         else:
             _refuse_irregular(path, what, st)
         if st.st_size > MAX_FILE_BYTES:
