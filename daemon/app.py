@@ -16,6 +16,8 @@ from daemon.activation import SocketPool
 from daemon.cache import CredentialCache, default_key_path, load_or_create_key
 from daemon.clock import Clock, clock_from_env
 from daemon.config import Config, ConfigError, ImdsListener, RolesAnywhereConnection, load_config
+from daemon.container import ALIASES as CONTAINER_ALIASES
+from daemon.container import ContainerApp, TokenBook
 from daemon.credentials import iso_z
 from daemon.guards import HostGuard
 from daemon.health import HealthApp
@@ -61,6 +63,7 @@ class Daemon:
         self.listeners: list[Listener] = []
         self.http: aiohttp.ClientSession | None = None
         self.manager: CredentialManager | None = None
+        self.tokens = TokenBook()  # container tokens, kept in sync with the connections
 
     def _source(self, connection: object) -> CredentialSource:
         if isinstance(connection, RolesAnywhereConnection):
@@ -79,6 +82,9 @@ class Daemon:
         if isinstance(source, RolesAnywhereSource):
             identity = source.identity.current()
             row["certificate_not_after"] = iso_z(identity.not_after) if identity else None
+        row["optional"] = c.optional
+        if self.config.container is not None and name in self.tokens.paths:
+            row["container_token_file"] = str(self.tokens.paths[name])
         return row
 
     def _store(self) -> CredentialCache | None:
@@ -98,9 +104,20 @@ class Daemon:
         doors: dict[str, tuple[object, Callable[[], Door]]] = {}
         for listener in config.imds:
             doors[f"imds:{listener.connection}"] = (listener, partial(self._imds_door, listener))
+        if config.container is not None:
+            doors["container"] = (config.container, self._container_door)
         if config.health is not None:
             doors["health"] = (config.health, self._health_door)
         return doors
+
+    def _container_door(self) -> Door:
+        assert self.config.container is not None
+        manager = self._manager()
+        self.tokens.sync(self.config.connections, self.config.daemon.state_dir)
+        guard = HostGuard(self.config.container.listen.host, aliases=CONTAINER_ALIASES)
+        container = ContainerApp(self.tokens, manager.get, guard,
+                                 on_served=lambda name: manager.record_use(name, "container"))
+        return container.app, self.config.container.listen, guard
 
     def _imds_door(self, listener: ImdsListener) -> Door:
         manager = self._manager()
@@ -177,6 +194,8 @@ class Daemon:
         for door, (_, build) in new_doors.items():
             if door not in running:
                 await self._listen(door, *build())
+        if config.container is not None and "container" in running:
+            self.tokens.sync(config.connections, config.daemon.state_dir)  # new, changed files
 
     async def _recheck_identity(self, name: str) -> None:
         """Re-read certificate files; a new certificate gets a new set at once."""
