@@ -18,9 +18,10 @@ from daemon.clock import Clock, clock_from_env
 from daemon.config import Config, ConfigError, ImdsListener, RolesAnywhereConnection, load_config
 from daemon.container import ALIASES as CONTAINER_ALIASES
 from daemon.container import ContainerApp, TokenBook
+from daemon.control import ControlServer
 from daemon.credentials import iso_z
 from daemon.guards import HostGuard
-from daemon.health import HealthApp
+from daemon.health import HealthApp, status_rows
 from daemon.identity import IdentityError
 from daemon.imds import ImdsApp, ImdsIdentity
 from daemon.listeners import Listener
@@ -64,6 +65,7 @@ class Daemon:
         self.http: aiohttp.ClientSession | None = None
         self.manager: CredentialManager | None = None
         self.tokens = TokenBook()  # container tokens, kept in sync with the connections
+        self.control: ControlServer | None = None
 
     def _source(self, connection: object) -> CredentialSource:
         if isinstance(connection, RolesAnywhereConnection):
@@ -139,6 +141,30 @@ class Daemon:
         health = HealthApp(self._manager(), self._required, self._describe)
         return health.app, self.config.health.listen, None
 
+    def _control_status(self) -> dict[str, object]:
+        """The control socket's status op: /status rows plus readiness."""
+        problems = self._manager().problems(self._required())
+        return {"ready": not problems, "not_ready": problems,
+                "connections": status_rows(self._manager(), self._describe)}
+
+    def _grantee(self, name: str) -> Any:
+        try:
+            return self.config.connection(name)
+        except KeyError:
+            return None
+
+    async def _start_control(self) -> None:
+        if self.config.control is None:
+            return
+        self.control = ControlServer(self.config.control.socket, self._manager(), self._grantee,
+                                     self._control_status)
+        await self.control.start()
+
+    async def _stop_control(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
+            self.control = None
+
     def _manager(self) -> CredentialManager:
         assert self.manager is not None, "the manager is built before any door"
         return self.manager
@@ -155,6 +181,7 @@ class Daemon:
         for door, (_, build) in doors.items():
             await self._listen(door, *build())
         self.sockets.release_unclaimed()
+        await self._start_control()
         await self.manager.start()
 
     async def _listen(self, door, app, address, guard: HostGuard | None) -> None:  # type: ignore[no-untyped-def]
@@ -196,6 +223,9 @@ class Daemon:
                 await self._listen(door, *build())
         if config.container is not None and "container" in running:
             self.tokens.sync(config.connections, config.daemon.state_dir)  # new, changed files
+        if config.control != old.control:
+            await self._stop_control()
+            await self._start_control()
 
     async def _recheck_identity(self, name: str) -> None:
         """Re-read certificate files; a new certificate gets a new set at once."""
@@ -217,6 +247,7 @@ class Daemon:
         return next(listener.url for listener in self.listeners if listener.door == door)
 
     async def stop(self) -> None:
+        await self._stop_control()
         for listener in self.listeners:
             await listener.stop()
         if self.manager is not None:

@@ -52,6 +52,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status(args.config, as_json=args.json)
 
 
+def _cmd_credential_process(args: argparse.Namespace) -> int:
+    from daemon.process import run as credential_process
+
+    return credential_process(args.name, config=args.config, socket_path=args.socket)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from daemon import __version__
 
@@ -87,10 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("credential-process",
+                       help="print a connection's credential_process JSON from the running daemon")
+    from daemon.process import configure_parser as configure_process
+
+    configure_process(p)
+    p.set_defaults(func=_cmd_credential_process)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["credential-process"]:
+        # SDKs run this often: skip the full parser, which imports the emulator (aiohttp ...).
+        from daemon.process import main as credential_process
+
+        return credential_process(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -44,12 +44,19 @@ class HealthApp:
         return web.json_response(body, status=503 if problems else 200)
 
     async def status(self, request: web.Request) -> web.Response:
-        now = self.manager.clock.time()
-        rows = []
-        for name, state in self.manager.states.items():
-            due = self.manager.seconds_until_due(state)
-            row = status_of(state, now, self.manager.policy, due)
-            if self.describe:
-                row.update(self.describe(name))
-            rows.append(row)
-        return web.json_response({"connections": rows})
+        return web.json_response({"connections": status_rows(self.manager, self.describe)})
+
+
+def status_rows(
+    manager: CredentialManager, describe: Callable[[str], dict[str, object]] | None = None
+) -> list[dict[str, object]]:
+    """One row per connection, for /status and the control socket's status op."""
+    now = manager.clock.time()
+    rows = []
+    for name, state in manager.states.items():
+        due = manager.seconds_until_due(state)
+        row = status_of(state, now, manager.policy, due)
+        if describe:
+            row.update(describe(name))
+        rows.append(row)
+    return rows
