@@ -26,6 +26,7 @@ from daemon.identity import IdentityError
 from daemon.imds import ImdsApp, ImdsIdentity
 from daemon.listeners import Listener
 from daemon.manager import CredentialManager, Policy
+from daemon.metrics import Metrics
 from daemon.rolesanywhere import RolesAnywhereSource, account_of
 from daemon.service import ServiceLink, install_test_hooks
 from daemon.systemd import Notifier, listen_fds
@@ -64,6 +65,7 @@ class Daemon:
         self.listeners: list[Listener] = []
         self.http: aiohttp.ClientSession | None = None
         self.manager: CredentialManager | None = None
+        self.metrics: Metrics | None = None
         self.tokens = TokenBook()  # container tokens, kept in sync with the connections
         self.control: ControlServer | None = None
 
@@ -139,7 +141,12 @@ class Daemon:
     def _health_door(self) -> Door:
         assert self.config.health is not None
         health = HealthApp(self._manager(), self._required, self._describe)
+        health.app.router.add_get("/metrics", self._metrics().handle)
         return health.app, self.config.health.listen, None
+
+    def _metrics(self) -> Metrics:
+        assert self.metrics is not None, "metrics are built with the manager"
+        return self.metrics
 
     def _control_status(self) -> dict[str, object]:
         """The control socket's status op: /status rows plus readiness."""
@@ -157,7 +164,7 @@ class Daemon:
         if self.config.control is None:
             return
         self.control = ControlServer(self.config.control.socket, self._manager(), self._grantee,
-                                     self._control_status)
+                                     self._control_status, on_answer=self._metrics().count)
         await self.control.start()
 
     async def _stop_control(self) -> None:
@@ -175,6 +182,8 @@ class Daemon:
         self.manager = CredentialManager(
             sources, self.clock, policy=self.policy, store=self._store()
         )
+        self.metrics = Metrics(self.manager, self._describe)
+        self.manager.on_upstream = self.metrics.observe_upstream
         doors = self._doors(self.config)
         listens = {door: spec.listen for door, (spec, _) in doors.items()}  # type: ignore[attr-defined]
         self.sockets.assign(listens)
@@ -186,6 +195,7 @@ class Daemon:
 
     async def _listen(self, door, app, address, guard: HostGuard | None) -> None:  # type: ignore[no-untyped-def]
         sock = self.sockets.socket_for(door, address)
+        app.middlewares.append(self._metrics().middleware(door))
         listener = Listener(door, app, address.host, address.port, sock=sock)
         self.listeners.append(listener)
         port = await listener.start()

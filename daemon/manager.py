@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -92,6 +92,8 @@ class CredentialManager:
         self._limit = asyncio.Semaphore(self.policy.max_concurrent_renewals)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
+        # Told how long each upstream call took (connection, seconds): metrics.
+        self.on_upstream: Callable[[str, float], None] | None = None
 
     # -- what the doors ask -------------------------------------------------
     def get(self, name: str) -> Credentials | None:
@@ -265,7 +267,7 @@ class CredentialManager:
         source = self.sources[name]
         state.last_attempt = self.clock.time()
         try:
-            creds = await source.fetch()
+            creds = await self._timed_fetch(name, source)
             if creds.remaining(self.clock.time()) < self.policy.min_serve_seconds:
                 raise UpstreamError("ShortLived", "upstream issued a set that is already expiring")
         except UpstreamError as error:
@@ -292,6 +294,14 @@ class CredentialManager:
             if self.store is not None:
                 await self._persist(name, source, creds)
         self._changed.set()
+
+    async def _timed_fetch(self, name: str, source: CredentialSource) -> Credentials:
+        started = self.clock.monotonic()
+        try:
+            return await source.fetch()
+        finally:
+            if self.on_upstream is not None:
+                self.on_upstream(name, self.clock.monotonic() - started)
 
     async def _persist(self, name: str, source: CredentialSource, creds: Credentials) -> None:
         try:
