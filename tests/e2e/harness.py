@@ -113,10 +113,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> Process:
+def start(args: list[str], log: Path, env: dict[str, str] | None = None, *,
+          sockets: list[tuple[str, socket.socket]] | None = None) -> Process:
+    """``sockets``: (name, listening socket) handed over as systemd would (see activate.py)."""
     handle = log.open("wb")
-    proc = subprocess.Popen(CLI + args, stdout=handle, stderr=subprocess.STDOUT,
-                            env=env or clean_env(), cwd=str(log.parent))
+    prefix: list[str] = []
+    if sockets:
+        specs = [f"{sock.fileno()}={name}" for name, sock in sockets]
+        prefix = [sys.executable, str(Path(__file__).with_name("activate.py")), *specs, "--"]
+    proc = subprocess.Popen(prefix + CLI + args, stdout=handle, stderr=subprocess.STDOUT,
+                            env=env or clean_env(), cwd=str(log.parent),
+                            pass_fds=[sock.fileno() for _, sock in sockets or []])
     return Process(proc, log)
 
 
@@ -238,11 +245,12 @@ def daemon(tmp: Path, connections: list[dict[str, Any]], *,
            imds: list[dict[str, Any]] | None = None, log_level: str = "debug",
            wait_ready: bool = True, env: dict[str, str] | None = None,
            extra: dict[str, Any] | None = None, log_name: str = "daemon.log",
-           expect_exit: int | None = 0) -> Iterator[Daemon]:
+           expect_exit: int | None = 0,
+           sockets: list[tuple[str, socket.socket]] | None = None) -> Iterator[Daemon]:
     config = daemon_config(tmp, connections, imds=imds, log_level=log_level, extra=extra)
     path = tmp / "config.toml"
     path.write_text(to_toml(config))
-    process = start(["run", "--config", str(path)], tmp / log_name, env)
+    process = start(["run", "--config", str(path)], tmp / log_name, env, sockets=sockets)
     handle = Daemon(process, path)
     expected = 1 + len(config.get("imds", [])) + (1 if "container" in config else 0)
 
