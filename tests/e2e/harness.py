@@ -253,6 +253,7 @@ def daemon(tmp: Path, connections: list[dict[str, Any]], *,
     process = start(["run", "--config", str(path)], tmp / log_name, env, sockets=sockets)
     handle = Daemon(process, path)
     expected = 1 + len(config.get("imds", [])) + (1 if "container" in config else 0)
+    expected += 1 if "control" in config else 0
 
     def listening() -> bool:
         if process.proc.poll() is not None:
