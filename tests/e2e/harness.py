@@ -114,13 +114,15 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def start(args: list[str], log: Path, env: dict[str, str] | None = None, *,
-          sockets: list[tuple[str, socket.socket]] | None = None) -> Process:
-    """``sockets``: (name, listening socket) handed over as systemd would (see activate.py)."""
+          sockets: list[tuple[str, socket.socket]] | None = None,
+          prefix: list[str] | None = None) -> Process:
+    """``sockets``: (name, listening socket) handed over as systemd would (see activate.py);
+    ``prefix``: a command that execs the rest (to start the daemon under some restriction)."""
     handle = log.open("wb")
-    prefix: list[str] = []
+    prefix = list(prefix or [])
     if sockets:
         specs = [f"{sock.fileno()}={name}" for name, sock in sockets]
-        prefix = [sys.executable, str(Path(__file__).with_name("activate.py")), *specs, "--"]
+        prefix += [sys.executable, str(Path(__file__).with_name("activate.py")), *specs, "--"]
     proc = subprocess.Popen(prefix + CLI + args, stdout=handle, stderr=subprocess.STDOUT,
                             env=env or clean_env(), cwd=str(log.parent),
                             pass_fds=[sock.fileno() for _, sock in sockets or []])
@@ -246,11 +248,13 @@ def daemon(tmp: Path, connections: list[dict[str, Any]], *,
            wait_ready: bool = True, env: dict[str, str] | None = None,
            extra: dict[str, Any] | None = None, log_name: str = "daemon.log",
            expect_exit: int | None = 0,
-           sockets: list[tuple[str, socket.socket]] | None = None) -> Iterator[Daemon]:
+           sockets: list[tuple[str, socket.socket]] | None = None,
+           prefix: list[str] | None = None) -> Iterator[Daemon]:
     config = daemon_config(tmp, connections, imds=imds, log_level=log_level, extra=extra)
     path = tmp / "config.toml"
     path.write_text(to_toml(config))
-    process = start(["run", "--config", str(path)], tmp / log_name, env, sockets=sockets)
+    process = start(["run", "--config", str(path)], tmp / log_name, env, sockets=sockets,
+                    prefix=prefix)
     handle = Daemon(process, path)
     expected = 1 + len(config.get("imds", [])) + (1 if "container" in config else 0)
     expected += 1 if "control" in config else 0
