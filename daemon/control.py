@@ -40,7 +40,7 @@ log = get_logger()
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 MAX_LINE = 64 * 1024
 IDLE_SECONDS = 30.0
-MAX_GROUPS = 1024
+MAX_GROUPS = 256  # Python's getsockopt buffer holds at most 1024 bytes
 STATUS_CODES = {"BadRequest": 400, "Forbidden": 403, "NotFound": 404,
                 "CredentialsUnavailable": 503}
 _UCRED = struct.Struct("3i")
@@ -62,7 +62,7 @@ def peer_of(sock: socket.socket) -> Peer:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
     groups: tuple[int, ...] = ()
-    with contextlib.suppress(OSError):  # older kernels: the primary group only
+    with contextlib.suppress(OSError):  # older kernels, or over 256 groups: the primary only
         raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
         groups = struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
     return Peer(pid, uid, gid, groups)
