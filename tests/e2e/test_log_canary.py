@@ -1,13 +1,17 @@
-"""A whole renewal and request cycle; no secret may appear in any log line."""
+"""A whole renewal and request cycle; no secret may appear in any log line, nor in what the
+daemon tells operators: /status, /metrics, the control socket's status, `status --json`."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from daemon import pki
+from daemon.control_client import ask
 from tests.e2e import harness as h
 from tests.e2e.test_sdk_clients import BOTO3_SNIPPET, imds_env
 
@@ -24,23 +28,46 @@ def test_no_secret_reaches_the_logs(tmp_path: Path) -> None:
         # Fail once first, so the failure path logs too.
         emu.faults(fail_status=500, fail_count=1)
         conn = h.connection("app", material, emu.url, private_key_passphrase_file=str(passphrase))
-        with h.daemon(tmp_path, [conn], log_level="debug") as daemon:
+        sock_dir = Path(tempfile.mkdtemp(prefix="cs-canary-"))
+        extra = {"container": {"listen": "127.0.0.1:0"},
+                 "control": {"socket": str(sock_dir / "control.sock")}}
+        with h.daemon(tmp_path, [conn], log_level="debug", extra=extra) as daemon:
             out = subprocess.run([sys.executable, "-c", BOTO3_SNIPPET], capture_output=True,
                                  text=True, env=imds_env(daemon.url("imds:app"), tmp_path),
                                  timeout=60, check=True)
             served = json.loads(out.stdout)
+            # Every door once, a refused container request too, then everything operators see.
+            container_token = (tmp_path / "state" / "tokens" / "app.token").read_text()
+            creds_url = daemon.url("container") + "v1/credentials/app"
+            assert h.http("GET", creds_url, {"Authorization": container_token})[0] == 200
+            assert h.http("GET", creds_url, {"Authorization": container_token[::-1]})[0] == 403
+            process = subprocess.run([*h.CLI, "credential-process", "app", "--socket",
+                                      str(sock_dir / "control.sock")], capture_output=True,
+                                     text=True, timeout=30, check=True)
+            assert json.loads(process.stdout)["AccessKeyId"] == served["access_key"]
             status, _, body = h.http("GET", daemon.url("health") + "status")
             assert status == 200
+            status, _, metrics = h.http("GET", daemon.url("health") + "metrics")
+            assert status == 200 and b"credential_sidecar_requests_total" in metrics
+            control_status = json.dumps(ask(sock_dir / "control.sock", {"op": "status"}))
+            assert '"ok": true' in control_status
+            cli_status = subprocess.run([*h.CLI, "status", "--json", "--config",
+                                         str(daemon.config_path)], capture_output=True,
+                                        text=True, timeout=30, check=True).stdout
+        shutil.rmtree(sock_dir, ignore_errors=True)
         log = daemon.process.log.read_text()
         issued = emu.stats()["issued"]
     assert issued and served["access_key"] in {c["accessKeyId"] for c in issued}
     assert "renewal failed" in log and "credentials renewed" in log
-    secrets = [CANARY_PASSPHRASE, served["secret_key"], served["token"]]
+    assert "container request refused" in log
+    secrets = [CANARY_PASSPHRASE, served["secret_key"], served["token"], container_token]
     for cred in issued:
         secrets += [cred["secretAccessKey"], cred["sessionToken"]]
-    body_text = body.decode()
+    told = {"/status": body.decode(), "/metrics": metrics.decode(),
+            "control status": control_status, "status --json": cli_status}
     for secret in secrets:
         assert secret not in log
-        assert secret not in body_text
+        for where, text in told.items():
+            assert secret not in text, f"a secret in {where}"
     for line in key_pem.splitlines()[1:-1]:
         assert line not in log
