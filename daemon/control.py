@@ -201,6 +201,10 @@ class ControlServer:
         except Refused as refusal:
             self._count(STATUS_CODES.get(refusal.code, 400))
             return {"ok": False, "code": refusal.code, "message": refusal.message}
+        except Exception:  # a bug must not cost the client its answer, nor the server its task
+            log.exception("control request crashed")
+            self._count(500)
+            return {"ok": False, "code": "InternalError", "message": "see the daemon's log"}
         self._count(200)
         return {"ok": True, **body}
 

@@ -195,3 +195,13 @@ def test_the_socket_path_is_read_from_the_config_relative_to_it(tmp_path: Path) 
     assert socket_from_config(str(config)) == tmp_path / "run" / "control.sock"
     config.write_text('[health]\nlisten = "127.0.0.1:0"\n')
     assert socket_from_config(str(config)) is None
+
+
+def test_a_crash_answers_internal_error_and_is_counted(running: Running) -> None:
+    def broken() -> dict[str, object]:
+        raise RuntimeError("bug")
+
+    running.server.status = broken
+    answer = running.server.answer(b'{"op": "status"}\n', Peer(1, 0, 0))
+    assert answer == {"ok": False, "code": "InternalError", "message": "see the daemon's log"}
+    assert running.answers == [("control", 500)]
