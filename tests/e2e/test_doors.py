@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -452,3 +453,47 @@ def test_readyz_names_what_has_nothing_fresh_and_optional_does_not_hold_it_back(
                 assert "not_ready" not in body
     finally:
         shutil.rmtree(sock.parent, ignore_errors=True)
+
+
+# --- reload ----------------------------------------------------------------------------------
+
+
+def test_sighup_rereads_tokens_starts_new_ones_and_moves_the_socket(tmp_path: Path) -> None:
+    material = h.make_pki(tmp_path / "pki")
+    sock_dir = Path(tempfile.mkdtemp(prefix="cs-reload-"))
+    first, second = sock_dir / "first.sock", sock_dir / "second.sock"
+    container = {"listen": "127.0.0.1:0"}
+    try:
+        with h.emulator(tmp_path, [material.ca_file]) as emu:
+            conns = [h.connection("app", material, emu.url)]
+            extra = {"container": container, "control": {"socket": str(first)}}
+            with h.daemon(tmp_path, conns, extra=extra) as daemon:
+                url = daemon.url("container") + "v1/credentials/"
+                tokens = tmp_path / "state" / "tokens"
+                old = (tokens / "app.token").read_text()
+                assert h.http("GET", url + "app", {"Authorization": old})[0] == 200
+                (tokens / "app.token").write_text("rotated-by-the-operator-0123456789\n")
+                config = h.daemon_config(
+                    tmp_path, [*conns, h.connection("new", material, emu.url)],
+                    extra={"container": container, "control": {"socket": str(second)}})
+                daemon.config_path.write_text(h.to_toml(config))
+                daemon.process.proc.send_signal(signal.SIGHUP)
+                h.wait_for(lambda: any(e.get("event") == "reloaded" for e in daemon.events()),
+                           what="the reload")
+                # The container listener kept its port; its tokens follow the files.
+                assert h.http("GET", url + "app", {"Authorization": old})[0] == 403
+                rotated = {"Authorization": "rotated-by-the-operator-0123456789"}
+                assert h.http("GET", url + "app", rotated)[0] == 200
+                new = {"Authorization": (tokens / "new.token").read_text()}
+                h.wait_for(lambda: h.http("GET", url + "new", new)[0] == 200,
+                           what="the new connection's first set")
+                # The control socket moved with its setting.
+                assert not first.exists() and second.exists()
+                out = subprocess.run([*h.CLI, "credential-process", "new", "--socket",
+                                      str(second)], capture_output=True, text=True, timeout=30,
+                                     env=h.clean_env())
+                assert out.returncode == 0, out.stderr
+                assert json.loads(out.stdout)["AccessKeyId"] in {
+                    c["accessKeyId"] for c in emu.stats()["issued"]}
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
