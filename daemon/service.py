@@ -3,7 +3,8 @@
 - ``READY=1`` once every required connection holds a servable set, or once
   ``[daemon] ready_timeout_seconds`` has passed (units ordered after us then start, and
   ``/readyz`` keeps saying what is missing), whichever comes first.
-- ``STATUS=`` a one-line summary for ``systemctl status``, sent when it changes.
+- ``STATUS=`` a one-line summary for ``systemctl status``, sent when it changes (checked every
+  second, so at most one a second), from the start on.
 - ``WATCHDOG=1`` at half the watchdog interval, from a task on the event loop: a loop that is
   blocked (or a process that is stuck) stops sending, and systemd restarts the service.
 - ``RELOADING=1`` / ``READY=1`` around a SIGHUP reload, ``STOPPING=1`` at shutdown.
@@ -122,10 +123,10 @@ class ServiceLink:
         self.announced = True
 
     async def _status_loop(self) -> None:
+        """Also while starting: `systemctl status` then shows what the start is waiting for."""
         while True:
             await asyncio.sleep(self.status_poll)
-            if self.announced:
-                self.update_status()
+            self.update_status()
 
     def update_status(self, force: bool = False) -> None:
         status = self.status_line()

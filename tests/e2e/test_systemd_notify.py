@@ -168,7 +168,14 @@ def test_ready_after_the_timeout_while_the_upstream_is_down(tmp_path: Path) -> N
                       extra={"daemon": daemon}) as d:
             (ready,) = notify.wait("READY")
             assert ready.at - started >= 2.0
-            assert ready.fields["STATUS"].startswith("0/1 connections ready; not ready: reports (")
+            # While it waited, systemctl status already showed why.
+            waiting = [m for m in notify.messages() if m.at < ready.at]
+            assert waiting and all(set(m.fields) == {"STATUS"} for m in waiting)
+            waiting_for = "0/1 connections ready; not ready: reports ("
+            statuses = [m.fields["STATUS"] for m in waiting]
+            assert all(text.startswith(waiting_for) for text in statuses), statuses
+            assert waiting_for + "ConnectionError)" in statuses
+            assert ready.fields["STATUS"].startswith(waiting_for)
             assert not d.ready()
             assert any(e.get("event") == "not every connection is ready; telling systemd the "
                        "service is up anyway" for e in d.events())
