@@ -69,15 +69,21 @@ def read_all(client: socket.socket) -> bytes:
 def test_named_sockets_are_served(tmp_path: Path) -> None:
     material = h.make_pki(tmp_path / "pki")
     with h.emulator(tmp_path, [material.ca_file]) as emu, \
-            listening("imds", "health") as sockets:
-        (_, imds), (_, health) = sockets
-        conn = h.connection("reports", material, emu.url)
-        with h.daemon(tmp_path, [conn], sockets=sockets) as d:
+            listening("imds", "container", "health") as sockets:
+        (_, imds), (_, container), (_, health) = sockets
+        token_file = tmp_path / "reports.token"
+        conn = h.connection("reports", material, emu.url, container_token_file=str(token_file))
+        with h.daemon(tmp_path, [conn], sockets=sockets,
+                      extra={"container": {"listen": "127.0.0.1:0"}}) as d:
             events = listening_events(d)
-            assert events["imds:reports"]["address"] == url_of(imds)
-            assert events["health"]["address"] == url_of(health)
-            assert events["imds:reports"]["activated"] and events["health"]["activated"]
+            for door, sock in (("imds:reports", imds), ("container", container),
+                               ("health", health)):
+                assert events[door]["address"] == url_of(sock), events[door]
+                assert events[door]["activated"] is True
             assert imds_credentials(url_of(imds))["Code"] == "Success"
+            status, _, body = h.http("GET", url_of(container) + "v1/credentials/reports",
+                                     {"Authorization": token_file.read_text()})
+            assert status == 200 and json.loads(body)["AccessKeyId"].startswith("ASIA")
             status, _, _ = h.http("GET", url_of(health) + "readyz")
             assert status == 200
 
