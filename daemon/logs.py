@@ -9,6 +9,7 @@ secrets the daemon has registered as it handled them.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import threading
@@ -101,6 +102,25 @@ def _scrub_rendered(registry: SecretRegistry):  # type: ignore[no-untyped-def]
     return processor
 
 
+_SYSLOG_LEVEL = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3,
+                 "critical": 2}
+
+
+def _journal_prefix(logger: Any, method: str, rendered: str) -> str:
+    """``<N>`` before each line: journald turns it into the entry's PRIORITY (SyslogLevelPrefix)."""
+    return f"<{_SYSLOG_LEVEL.get(method, 6)}>{rendered}"
+
+
+def writes_to_journal(stream: TextIO) -> bool:
+    """True when systemd connected this stream to the journal (JOURNAL_STREAM=dev:inode)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{info.st_dev}:{info.st_ino}"
+
+
 def configure(
     fmt: str = "json",
     level: str = "info",
@@ -122,6 +142,8 @@ def configure(
     if fmt != "console":
         processors.append(structlog.processors.format_exc_info)
     processors += [renderer, _scrub_rendered(SECRETS)]
+    if writes_to_journal(stream or sys.stderr):
+        processors.append(_journal_prefix)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from pathlib import Path
 
+import pytest
 import structlog
 
 from daemon import logs
@@ -35,3 +38,25 @@ def test_registry_is_bounded() -> None:
     registry.add("secret-number-1", "secret-number-2", "secret-number-3", "secret-number-4")
     assert registry.scrub("secret-number-1") == "secret-number-1"
     assert registry.scrub("x secret-number-4 y") == f"x {logs.REDACTED} y"
+
+
+def test_lines_carry_a_syslog_priority_when_stderr_is_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal-stream"
+    with path.open("w+") as stream:
+        info = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        logs.configure("json", "debug", stream=stream)
+        log = structlog.get_logger()
+        log.warning("careful")
+        log.error("broken")
+        log.info("fine")
+    lines = path.read_text().splitlines()
+    assert [line[:3] for line in lines] == ["<4>", "<3>", "<6>"]
+    assert json.loads(lines[0][3:])["event"] == "careful"
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")
+    other = io.StringIO()
+    logs.configure("json", "debug", stream=other)
+    structlog.get_logger().info("plain")
+    assert other.getvalue().startswith("{")
