@@ -27,6 +27,7 @@ from daemon.imds import ImdsApp, ImdsIdentity
 from daemon.listeners import Listener
 from daemon.manager import CredentialManager, Policy
 from daemon.metrics import Metrics
+from daemon.records import ConnectionRecords
 from daemon.rolesanywhere import RolesAnywhereSource, account_of
 from daemon.service import ServiceLink, install_test_hooks
 from daemon.systemd import Notifier, listen_fds
@@ -68,6 +69,7 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.tokens = TokenBook()  # container tokens, kept in sync with the connections
         self.control: ControlServer | None = None
+        self.records = ConnectionRecords(config.daemon.state_dir)  # ids, created, modified
 
     def _source(self, connection: object) -> CredentialSource:
         if isinstance(connection, RolesAnywhereConnection):
@@ -81,6 +83,7 @@ class Daemon:
     def _describe(self, name: str) -> dict[str, object]:
         c = self.config.connection(name)
         row: dict[str, object] = {"type": c.type, "region": c.region, "notes": c.notes}
+        row.update(self.records.row(name))  # id, created, modified
         row["role_arn"] = getattr(c, "role_arn", None)
         source = self.manager.sources[name] if self.manager else None
         if isinstance(source, RolesAnywhereSource):
@@ -177,6 +180,7 @@ class Daemon:
         return self.manager
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.records.sync, self.config.connections, self.clock.time())
         self.http = aiohttp.ClientSession()
         sources = {c.name: self._source(c) for c in self.config.connections}
         self.manager = CredentialManager(
@@ -214,6 +218,7 @@ class Daemon:
         for name in before.keys() - after.keys():
             await manager.remove(name)
             log.info("connection removed", connection=name)
+        await asyncio.to_thread(self.records.sync, config.connections, self.clock.time())
         for name, conn in after.items():
             if before.get(name) != conn:
                 await manager.add(name, self._source(conn))
