@@ -15,7 +15,14 @@ from daemon import logs
 from daemon.activation import SocketPool
 from daemon.cache import CredentialCache, default_key_path, load_or_create_key
 from daemon.clock import Clock, clock_from_env
-from daemon.config import Config, ConfigError, ImdsListener, RolesAnywhereConnection, load_config
+from daemon.config import (
+    AccessKeysConnection,
+    Config,
+    ConfigError,
+    ImdsListener,
+    RolesAnywhereConnection,
+    load_config,
+)
 from daemon.container import ALIASES as CONTAINER_ALIASES
 from daemon.container import ContainerApp, TokenBook
 from daemon.control import ControlServer
@@ -30,6 +37,7 @@ from daemon.metrics import Metrics
 from daemon.records import ConnectionRecords
 from daemon.rolesanywhere import RolesAnywhereSource, account_of
 from daemon.service import ServiceLink, install_test_hooks
+from daemon.sts import AccessKeySource
 from daemon.systemd import Notifier, listen_fds
 from daemon.upstream import CredentialSource, UpstreamError
 
@@ -74,6 +82,9 @@ class Daemon:
     def _source(self, connection: object) -> CredentialSource:
         if isinstance(connection, RolesAnywhereConnection):
             return RolesAnywhereSource(connection, self.clock, http=self.http)
+        if isinstance(connection, AccessKeysConnection):
+            return AccessKeySource(connection, self.clock,
+                                   warn_after_days=self.config.daemon.key_age_warning_days)
         name = getattr(connection, "name", "?")
         return UnsupportedSource(name, getattr(connection, "type", "?"))
 
@@ -89,6 +100,8 @@ class Daemon:
         if isinstance(source, RolesAnywhereSource):
             identity = source.identity.current()
             row["certificate_not_after"] = iso_z(identity.not_after) if identity else None
+        if isinstance(source, AccessKeySource):
+            row.update(source.describe())  # key id, key age, whose key
         row["optional"] = c.optional
         if self.config.container is not None and name in self.tokens.paths:
             row["container_token_file"] = str(self.tokens.paths[name])
@@ -220,6 +233,8 @@ class Daemon:
             log.info("connection removed", connection=name)
         await asyncio.to_thread(self.records.sync, config.connections, self.clock.time())
         for name, conn in after.items():
+            if await self._rekeyed(before.get(name), conn):
+                continue
             if before.get(name) != conn:
                 await manager.add(name, self._source(conn))
                 log.info("connection started" if name not in before else "connection changed",
@@ -242,9 +257,32 @@ class Daemon:
             await self._stop_control()
             await self._start_control()
 
+    async def _rekeyed(self, before: object, after: object) -> bool:
+        """A new long-term key for an access-keys connection (rotate-keys): keep serving the
+        current set, renew with the new key at once. Other changes restart the connection."""
+        if not (isinstance(before, AccessKeysConnection)
+                and isinstance(after, AccessKeysConnection) and before != after):
+            return False
+        key_fields = {"access_key_id", "secret_access_key_file", "created"}
+        if before.model_copy(update={k: getattr(after, k) for k in key_fields}) != after:
+            return False
+        source = self._manager().sources.get(after.name)
+        if not isinstance(source, AccessKeySource):
+            return False
+        await source.update(after)
+        self._manager().refresh_now(after.name)
+        log.info("access key changed, renewing with it", connection=after.name,
+                 access_key_id=after.access_key_id)
+        return True
+
     async def _recheck_identity(self, name: str) -> None:
         """Re-read certificate files; a new certificate gets a new set at once."""
         source = self._manager().sources.get(name)
+        if isinstance(source, AccessKeySource):
+            if await source.secret_changed():
+                log.info("secret access key file changed on disk, renewing", connection=name)
+                self._manager().refresh_now(name)
+            return
         if not isinstance(source, RolesAnywhereSource):
             return
         before = source.identity.current()

@@ -1,0 +1,427 @@
+"""Access-key connections: the long-term key buys STS session credentials; only those are served.
+
+The daemon signs ``GetSessionToken`` (or ``AssumeRole`` when a role is configured) with the
+connection's long-term key through aiobotocore, and hands out what STS returns. The long-term
+secret is read from its 0600 file (re-read whenever the file changes on disk) and never leaves
+this module. Service errors keep STS's own code and message; network trouble becomes a retryable
+code, so the manager's schedule and failure rules are the same as for Roles Anywhere.
+
+Beside the credentials, each source learns a few facts about its key once, in the background:
+who it belongs to (``GetCallerIdentity``: the account, and whether it is the account root), and
+when it was created (IAM ``ListAccessKeys`` when the key may call it, else ``created`` from the
+config), so the daemon can report the key's age and warn when it is due for rotation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiobotocore.session import AioSession
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
+
+from daemon import __version__
+from daemon.arn import Arn
+from daemon.clock import Clock, utc
+from daemon.config import AccessKeysConnection, is_loopback
+from daemon.credentials import Credentials, iso_z
+from daemon.identity import IdentityError
+from daemon.keys import SecretFile, stat_key
+from daemon.logs import SECRETS, get_logger
+from daemon.upstream import UpstreamError, digest
+
+log = get_logger()
+DAY = 86400.0
+WARN_EVERY = DAY  # repeat the key-age warning at most daily
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+def error_from_client_error(exc: ClientError) -> UpstreamError:
+    """The service's own code and message, verbatim, with the HTTP status and any Retry-After."""
+    response: dict[str, Any] = getattr(exc, "response", None) or {}
+    error = response.get("Error") or {}
+    meta = response.get("ResponseMetadata") or {}
+    status = meta.get("HTTPStatusCode")
+    headers = {str(k).lower(): v for k, v in (meta.get("HTTPHeaders") or {}).items()}
+    code = str(error.get("Code") or "") or (f"HTTP{status}" if status else "UnknownError")
+    message = str(error.get("Message") or "") or "no message in the response"
+    retry_after: float | None = None
+    with contextlib.suppress(TypeError, ValueError):
+        retry_after = max(0.0, float(headers.get("retry-after", "")))
+    return UpstreamError(code, message, status, retry_after)
+
+
+def error_from_botocore(exc: BotoCoreError, where: str) -> UpstreamError:
+    """Network trouble is worth retrying soon: codes the manager treats as transient."""
+    if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
+        return UpstreamError("Timeout", f"no answer from {where} in time")
+    if isinstance(exc, EndpointConnectionError | HTTPClientError):
+        return UpstreamError("ConnectionError", str(exc))
+    return UpstreamError(type(exc).__name__, str(exc))
+
+
+def call_error(exc: BaseException, where: str) -> UpstreamError:
+    """Any failure of one botocore call, as an UpstreamError."""
+    if isinstance(exc, ClientError):
+        return error_from_client_error(exc)
+    if isinstance(exc, BotoCoreError):
+        return error_from_botocore(exc, where)
+    if isinstance(exc, TimeoutError):
+        return UpstreamError("Timeout", f"no answer from {where} in time")
+    return UpstreamError("ConnectionError", f"{where}: {exc!r}")
+
+
+CALL_ERRORS = (ClientError, BotoCoreError, TimeoutError, OSError)
+
+
+# --- where to send requests ----------------------------------------------------------------------
+
+def is_loopback_url(url: str | None) -> bool:
+    if not url:
+        return False
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    return bool(host) and is_loopback(host)  # type: ignore[arg-type]
+
+
+def side_endpoint(connection_endpoint: str | None, override: str | None = None) -> str | None:
+    """Where IAM and S3 calls go: an explicit override; else the connection's ``endpoint`` when
+    it is a loopback URL (a local emulator such as moto serves every service on one port); else
+    botocore's own choice (which honours ``AWS_ENDPOINT_URL_<SERVICE>`` and ``AWS_ENDPOINT_URL``).
+    """
+    if override:
+        return override
+    return connection_endpoint if is_loopback_url(connection_endpoint) else None
+
+
+def boto_config(timeout: float) -> BotoConfig:
+    # One attempt per call: the manager owns retries, with its own backoff and jitter.
+    return BotoConfig(
+        connect_timeout=min(5.0, timeout), read_timeout=timeout,
+        retries={"total_max_attempts": 1}, user_agent_extra=f"credential-sidecar/{__version__}",
+    )
+
+
+def credentials_from_response(
+    response: dict[str, Any], issued_at: float, account_id: str | None, long_term_secret: str
+) -> Credentials:
+    """A 2xx without a usable set is an error, never an empty success."""
+    try:
+        creds = response["Credentials"]
+        access_key, secret, token = (
+            creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"]
+        )
+        SECRETS.add(secret, token)
+        expiration = creds["Expiration"]
+        if isinstance(expiration, str):
+            expiration = datetime.fromisoformat(expiration.replace("Z", "+00:00"))
+        if expiration.tzinfo is None:
+            expiration = expiration.replace(tzinfo=UTC)
+        expiration = expiration.astimezone(UTC)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UpstreamError(
+            "MalformedResponse", f"STS answered without a usable credential set ({exc!r})"
+        ) from None
+    if not (access_key and secret and token):
+        raise UpstreamError("MalformedResponse", "STS answered with empty credentials")
+    if secret == long_term_secret:
+        # Whatever happened upstream, the long-term secret is never handed to a client.
+        raise UpstreamError("MalformedResponse", "STS answered with the long-term key itself")
+    assumed = (response.get("AssumedRoleUser") or {}).get("Arn")
+    if assumed:
+        arn = Arn.split(str(assumed))
+        account_id = arn.account if arn is not None and arn.account else account_id
+    return Credentials(
+        access_key_id=access_key, secret_access_key=secret, session_token=token,
+        expiration=expiration, issued_at=utc(issued_at), account_id=account_id,
+    )
+
+
+# --- what the daemon knows about a key -----------------------------------------------------------
+
+@dataclass
+class KeyFacts:
+    """Non-secret facts about one long-term key, for /status, /metrics and warnings."""
+
+    key_id: str
+    created: datetime | None = None
+    created_from: str | None = None  # "iam" or "config"
+    status: str | None = None  # Active / Inactive, when IAM told us
+    arn: str | None = None
+    account: str | None = None
+
+    @property
+    def is_root(self) -> bool:
+        return bool(self.arn) and self.arn.endswith(":root")  # type: ignore[union-attr]
+
+    def age_days(self, now: float) -> float | None:
+        if self.created is None:
+            return None
+        return max(0.0, (now - self.created.timestamp()) / DAY)
+
+
+def config_created(connection: AccessKeysConnection) -> datetime | None:
+    if connection.created is None:
+        return None
+    return datetime.combine(connection.created, time(0, 0), tzinfo=UTC)
+
+
+class AccessKeySource:
+    """GetSessionToken / AssumeRole with one connection's long-term key (CredentialSource)."""
+
+    def __init__(
+        self,
+        connection: AccessKeysConnection,
+        clock: Clock,
+        *,
+        warn_after_days: int = 90,
+        session: AioSession | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.name = connection.name
+        self.connection = connection
+        self.clock = clock
+        self.warn_after_days = warn_after_days
+        self._session = session or AioSession()
+        self._timeout = timeout
+        self._config = boto_config(timeout)
+        self._secret: str | None = None
+        self._secret_stat: tuple[int, int, int, int] | None = None
+        self._stack: AsyncExitStack | None = None
+        self._sts: Any = None
+        self.facts = self._initial_facts()
+        self._learning: asyncio.Task[None] | None = None
+        self._learned_key: str | None = None
+        self._warned_at: float | None = None
+
+    # -- the long-term key ------------------------------------------------------------------------
+
+    def _initial_facts(self) -> KeyFacts:
+        created = config_created(self.connection)
+        return KeyFacts(self.connection.access_key_id, created, "config" if created else None)
+
+    def secret_file(self) -> SecretFile:
+        return SecretFile.for_connection(self.name, self.connection.secret_access_key_file)
+
+    async def _long_term_secret(self) -> str:
+        """The secret, re-read when its file changed on disk (rotation, new systemd credential)."""
+        try:
+            secret_file = self.secret_file()
+            st = await asyncio.to_thread(os.stat, secret_file.path)
+            if self._secret is None or stat_key(st) != self._secret_stat:
+                secret, opened = await asyncio.to_thread(secret_file.read)
+                SECRETS.add(secret)
+                if self._secret is not None and secret != self._secret:
+                    log.info("secret access key file changed on disk; using it",
+                             connection=self.name, path=str(secret_file.path))
+                    await self._close_clients()
+                self._secret, self._secret_stat = secret, stat_key(opened)
+        except IdentityError as exc:
+            raise UpstreamError("IdentityError", str(exc)) from None
+        except OSError as exc:
+            path = self.connection.secret_access_key_file
+            raise UpstreamError(
+                "IdentityError", f"secret access key file {path} cannot be read: {exc.strerror}"
+            ) from None
+        return self._secret
+
+    async def secret_changed(self) -> bool:
+        """True when the secret file on disk is no longer the one read last (SIGHUP re-check)."""
+        try:
+            st = await asyncio.to_thread(os.stat, self.secret_file().path)
+        except (OSError, IdentityError):
+            return False
+        return self._secret_stat is not None and stat_key(st) != self._secret_stat
+
+    async def _client(self, service: str, secret: str, endpoint: str | None) -> Any:
+        """A client signing with the long-term key, closed with this source."""
+        if self._stack is None:
+            self._stack = AsyncExitStack()
+        try:
+            return await self._stack.enter_async_context(self._session.create_client(
+                service, region_name=self.connection.region, endpoint_url=endpoint,
+                aws_access_key_id=self.connection.access_key_id,
+                aws_secret_access_key=secret, config=self._config,
+            ))
+        except BotoCoreError as exc:
+            raise UpstreamError("ClientConfigError", str(exc)) from None
+
+    async def _close_clients(self) -> None:
+        stack, self._stack, self._sts = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    # -- CredentialSource -------------------------------------------------------------------------
+
+    async def binding(self) -> str:
+        c = self.connection
+        self._start_learning()
+        endpoint = (c.endpoint or os.environ.get("AWS_ENDPOINT_URL_STS")
+                    or os.environ.get("AWS_ENDPOINT_URL") or "")
+        return digest(c.type, c.access_key_id, c.role_arn, c.session_name, c.external_id,
+                      c.region, c.duration_seconds, endpoint)
+
+    def session_name(self) -> str:
+        return self.connection.session_name or f"credential-sidecar-{self.name}"[:64]
+
+    async def fetch(self) -> Credentials:
+        secret = await self._long_term_secret()
+        if self._sts is None:
+            self._sts = await self._client("sts", secret, self.connection.endpoint)
+        c = self.connection
+        where = self._sts.meta.endpoint_url
+        now = self.clock.time()
+        try:
+            async with asyncio.timeout(self._timeout + 5):
+                if c.role_arn:
+                    params: dict[str, Any] = {
+                        "RoleArn": c.role_arn, "RoleSessionName": self.session_name(),
+                        "DurationSeconds": c.duration_seconds,
+                    }
+                    if c.external_id:
+                        params["ExternalId"] = c.external_id
+                    response = await self._sts.assume_role(**params)
+                else:
+                    response = await self._sts.get_session_token(DurationSeconds=c.duration_seconds)
+        except CALL_ERRORS as exc:
+            raise call_error(exc, where) from None
+        self._start_learning()
+        if self.facts.account is None and self._learning is not None:
+            # GetSessionToken does not say which account; the first set waits (briefly) for
+            # GetCallerIdentity, so that container clients get AccountId from the start.
+            await asyncio.wait({self._learning}, timeout=2.0)
+        creds = credentials_from_response(response, now, self.facts.account, secret)
+        self.check_age()
+        return creds
+
+    async def close(self) -> None:
+        task, self._learning = self._learning, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._close_clients()
+
+    # -- a new key (rotation) ---------------------------------------------------------------------
+
+    async def update(self, connection: AccessKeysConnection) -> None:
+        """Switch to another key of the same connection; the caller renews at once."""
+        if connection.access_key_id != self.connection.access_key_id:
+            self._learned_key, self._warned_at = None, None
+        self.connection = connection
+        self.facts = self._initial_facts() if self._learned_key is None else self.facts
+        self._secret, self._secret_stat = None, None
+        await self._close_clients()
+
+    # -- key facts: owner, creation date, age -----------------------------------------------------
+
+    def _start_learning(self) -> None:
+        key_id = self.connection.access_key_id
+        if self._learned_key == key_id or (self._learning and not self._learning.done()):
+            return
+        self._learning = asyncio.get_running_loop().create_task(
+            self._learn(key_id), name=f"key-facts:{self.name}")
+
+    async def _learn(self, key_id: str) -> None:
+        """GetCallerIdentity, then IAM ListAccessKeys for this key; once per key."""
+        facts = self._initial_facts()
+        transient = False
+        try:
+            secret = await self._long_term_secret()
+        except UpstreamError:
+            return  # the renewal reports it; try again after the next success
+        async with AsyncExitStack() as stack:
+            async def client(service: str, endpoint: str | None) -> Any:
+                return await stack.enter_async_context(self._session.create_client(
+                    service, region_name=self.connection.region, endpoint_url=endpoint,
+                    aws_access_key_id=key_id, aws_secret_access_key=secret, config=self._config))
+
+            try:
+                sts = await client("sts", self.connection.endpoint)
+                who = await sts.get_caller_identity()
+                facts.arn, facts.account = who.get("Arn"), who.get("Account")
+            except CALL_ERRORS as exc:
+                error = call_error(exc, "sts:GetCallerIdentity")
+                transient = not error.persistent
+                log.info("cannot tell whose key this is", connection=self.name, error=str(error))
+            try:
+                iam = await client("iam", side_endpoint(self.connection.endpoint))
+                listed = await iam.list_access_keys()
+                mine = next((k for k in listed.get("AccessKeyMetadata", [])
+                             if k.get("AccessKeyId") == key_id), None)
+                if mine is not None and mine.get("CreateDate"):
+                    facts.created = mine["CreateDate"].astimezone(UTC)
+                    facts.created_from, facts.status = "iam", mine.get("Status")
+            except CALL_ERRORS as exc:
+                error = call_error(exc, "iam:ListAccessKeys")
+                transient = transient or not error.persistent
+                log.info("key creation date not available from IAM; using created from the config"
+                         if facts.created else "key creation date unknown: IAM did not tell and the"
+                         " config has no created = YYYY-MM-DD", connection=self.name,
+                         error=str(error))
+        if self.connection.access_key_id != key_id:
+            return  # rotated meanwhile: these facts are stale
+        self.facts = facts
+        self._learned_key = None if transient else key_id
+        if facts.is_root:
+            log.warning(
+                "this connection uses the AWS account root user's access key; AWS advises an IAM"
+                " user's key with only the permissions needed", connection=self.name,
+                account=facts.account)
+        self.check_age()
+
+    def key_age_days(self) -> float | None:
+        return self.facts.age_days(self.clock.time())
+
+    def check_age(self) -> None:
+        """Warn (at most daily) once the key is older than key_age_warning_days."""
+        age = self.key_age_days()
+        now = self.clock.time()
+        if age is None or age <= self.warn_after_days:
+            return
+        if self._warned_at is not None and now - self._warned_at < WARN_EVERY:
+            return
+        self._warned_at = now
+        log.warning(
+            "access key is older than the warning age: rotate it", connection=self.name,
+            access_key_id=self.connection.access_key_id, key_age_days=int(age),
+            key_age_warning_days=self.warn_after_days,
+            hint=f"credential-sidecar rotate-keys {self.name} --config PATH",
+        )
+
+    def describe(self) -> dict[str, object]:
+        """For /status rows: never a secret (the key id is public by design)."""
+        facts = self.facts
+        age = self.key_age_days()
+        return {
+            "long_term_key_id": self.connection.access_key_id,
+            "key_created": iso_z(facts.created) if facts.created else None,
+            "key_created_from": facts.created_from,
+            "key_age_days": int(age) if age is not None else None,
+            "key_age_warning": age is not None and age > self.warn_after_days,
+            "key_status": facts.status,
+            "identity_arn": facts.arn,
+            "account_id": facts.account,
+            "root_key": facts.is_root,
+            "mode": "AssumeRole" if self.connection.role_arn else "GetSessionToken",
+        }
+
+
+__all__ = ["AccessKeySource", "KeyFacts", "call_error", "error_from_client_error", "side_endpoint"]

@@ -1,0 +1,259 @@
+"""Access-key connections against moto with IAM checks on: the daemon serves STS session
+credentials through every door, never the long-term key, and knows its key's age and owner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e import fake_aws as fa
+from tests.e2e import harness as h
+from tests.e2e.test_sdk_clients import BOTO3_SNIPPET, imds_env
+
+TTL = "X-aws-ec2-metadata-token-ttl-seconds"
+CREDS = "latest/meta-data/iam/security-credentials/"
+BUCKET = "vended-bucket"
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[fa.FakeAws]:
+    with fa.moto_server(tmp_path_factory.mktemp("moto")) as server:
+        server.client("s3").create_bucket(Bucket=BUCKET)
+        server.auth(True)  # from here on moto verifies signatures and IAM policies
+        yield server
+
+
+@dataclass
+class Served:
+    daemon: h.Daemon
+    tmp: Path
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        code, _, body = h.http("GET", self.daemon.url("health") + "status")
+        assert code == 200
+        return {row["name"]: row for row in json.loads(body)["connections"]}
+
+    def metrics(self) -> str:
+        code, _, body = h.http("GET", self.daemon.url("health") + "metrics")
+        assert code == 200
+        return body.decode()
+
+    def imds(self, door: str) -> dict[str, Any]:
+        base = self.daemon.url(door)
+        code, _, token = h.http("PUT", base + "latest/api/token", {TTL: "60"})
+        assert code == 200
+        headers = {"X-aws-ec2-metadata-token": token.decode()}
+        code, _, role = h.http("GET", base + CREDS, headers)
+        assert code == 200
+        code, _, body = h.http("GET", base + CREDS + role.decode(), headers)
+        assert code == 200, body
+        return json.loads(body)  # type: ignore[no-any-return]
+
+    def container(self, name: str) -> dict[str, Any]:
+        token = (self.tmp / "state" / "tokens" / f"{name}.token").read_text()
+        code, _, body = h.http("GET", self.daemon.url("container") + f"v1/credentials/{name}",
+                               {"Authorization": token})
+        assert code == 200, body
+        return json.loads(body)  # type: ignore[no-any-return]
+
+
+def s3_works(aws: fa.FakeAws, key_id: str, secret: str, token: str) -> None:
+    """Signed with the served set, verified by moto against the session it issued."""
+    s3 = aws.client("s3", key_id=key_id, secret=secret, token=token)
+    s3.put_object(Bucket=BUCKET, Key=f"from-{key_id}", Body=b"hello")
+    assert s3.get_object(Bucket=BUCKET, Key=f"from-{key_id}")["Body"].read() == b"hello"
+
+
+@pytest.fixture(scope="module")
+def keys(aws: fa.FakeAws) -> dict[str, fa.Key]:
+    """An app user that may use S3; one that may not list its keys; one that only assumes a role."""
+    return {
+        "app": aws.user("app", [*fa.APP_ACTIONS, "s3:*"]),
+        "quiet": aws.user("quiet", ["sts:GetSessionToken", "sts:GetCallerIdentity", "s3:*"]),
+        "assumer": aws.user("assumer", ["sts:AssumeRole", "sts:GetCallerIdentity",
+                                        "iam:ListAccessKeys"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def served(aws: fa.FakeAws, keys: dict[str, fa.Key],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("access-keys")
+    role = aws.role("vended", "assumer", ["s3:*", "sts:GetCallerIdentity"])
+    old = (datetime.now(UTC) - timedelta(days=120)).date()
+    conns = [
+        fa.access_key_connection("app", keys["app"], tmp / "app.secret", aws.url,
+                                 notes="nightly backups"),
+        # Without iam:ListAccessKeys the key's age comes from the config's `created`.
+        fa.access_key_connection("quiet", keys["quiet"], tmp / "quiet.secret", aws.url,
+                                 created=old.isoformat()),
+        fa.access_key_connection("assumed", keys["assumer"], tmp / "assumer.secret", aws.url,
+                                 role_arn=role, session_name="e2e-assumed",
+                                 external_id="e2e-external"),
+    ]
+    imds = [{"listen": "127.0.0.1:0", "connection": "app"},
+            {"listen": "127.0.0.1:0", "connection": "assumed"}]
+    extra = {"container": {"listen": "127.0.0.1:0"}}
+    with h.daemon(tmp, conns, imds=imds, extra=extra) as daemon:
+        yield Served(daemon, tmp)
+
+
+def test_imds_and_container_doors_serve_session_credentials_that_work(
+    aws: fa.FakeAws, keys: dict[str, fa.Key], served: Served
+) -> None:
+    sessions = aws.sessions()
+    via_imds = served.imds("imds:app")
+    via_container = served.container("app")
+    for doc in (via_imds, via_container):
+        assert doc["AccessKeyId"].startswith("ASIA") and len(doc["AccessKeyId"]) == 20
+        assert doc["AccessKeyId"] != keys["app"].id
+        assert sessions[doc["AccessKeyId"]] == keys["app"].id, "issued by STS for the app key"
+        s3_works(aws, doc["AccessKeyId"], doc["SecretAccessKey"], doc["Token"])
+    assert via_imds["Code"] == "Success" and via_imds["AccessKeyId"] == via_container["AccessKeyId"]
+    assert via_container["AccountId"] == fa.ACCOUNT, "learned from GetCallerIdentity"
+
+
+def test_boto3_over_imds_uses_the_vended_set(aws: fa.FakeAws, served: Served) -> None:
+    env = imds_env(served.daemon.url("imds:app"), served.tmp)
+    out = subprocess.run([sys.executable, "-c", BOTO3_SNIPPET], capture_output=True, text=True,
+                         env=env, timeout=60, check=True)
+    got = json.loads(out.stdout)
+    assert got["method"] == "iam-role" and got["access_key"].startswith("ASIA")
+    s3_works(aws, got["access_key"], got["secret_key"], got["token"])
+
+
+def test_assume_role_mode_serves_the_roles_credentials(
+    aws: fa.FakeAws, keys: dict[str, fa.Key], served: Served
+) -> None:
+    doc = served.imds("imds:assumed")
+    assert doc["AccessKeyId"].startswith("ASIA")
+    who = aws.client("sts", key_id=doc["AccessKeyId"], secret=doc["SecretAccessKey"],
+                     token=doc["Token"]).get_caller_identity()
+    assert who["Arn"] == f"arn:aws:sts::{fa.ACCOUNT}:assumed-role/vended/e2e-assumed"
+    s3_works(aws, doc["AccessKeyId"], doc["SecretAccessKey"], doc["Token"])
+    # The user itself may not touch S3: only the role's credentials could have done that.
+    with pytest.raises(ClientError) as denied:
+        aws.client("s3", keys["assumer"]).list_buckets()
+    assert denied.value.response["Error"]["Code"] == "AccessDenied"
+    assert served.status()["assumed"]["mode"] == "AssumeRole"
+
+
+def test_status_shows_the_account_record_and_key_age(
+    keys: dict[str, fa.Key], served: Served
+) -> None:
+    rows = h.wait_for(lambda: (r := served.status())["app"].get("key_created_from") == "iam"
+                      and r, what="the key's creation date from IAM")
+    app, quiet = rows["app"], rows["quiet"]
+    assert app["long_term_key_id"] == keys["app"].id
+    assert app["key_age_days"] == 0 and app["key_status"] == "Active"
+    assert app["identity_arn"] == f"arn:aws:iam::{fa.ACCOUNT}:user/app"
+    assert app["root_key"] is False and app["mode"] == "GetSessionToken"
+    assert app["notes"] == "nightly backups"
+    assert quiet["key_created_from"] == "config" and quiet["key_age_days"] == 120
+    assert quiet["key_age_warning"] is True
+    ids = {row["id"] for row in rows.values()}
+    assert len(ids) == 3 and None not in ids
+    assert all(row["created"] and row["modified"] for row in rows.values())
+    metrics = {
+        s.labels["connection"]: s.value
+        for family in text_string_to_metric_families(served.metrics())
+        for s in family.samples if s.name == "credential_sidecar_key_age_days"
+    }
+    assert metrics == {"app": 0.0, "quiet": 120.0, "assumed": 0.0}
+    warnings = [e for e in served.daemon.events()
+                if e.get("event", "").startswith("access key is older")]
+    assert [w["connection"] for w in warnings] == ["quiet"]
+    assert warnings[0]["key_age_days"] == 120 and warnings[0]["key_age_warning_days"] == 90
+
+
+def test_the_long_term_key_reaches_no_response_and_no_log_line(
+    aws: fa.FakeAws, keys: dict[str, fa.Key], served: Served
+) -> None:
+    bodies = [json.dumps(served.imds("imds:app")), json.dumps(served.imds("imds:assumed")),
+              json.dumps(served.container("app")), json.dumps(served.container("quiet")),
+              json.dumps(served.status()), served.metrics()]
+    log = served.daemon.process.log.read_text()
+    assert "credentials renewed" in log
+    for key in keys.values():
+        for text in [*bodies, log]:
+            assert key.secret not in text
+    # The key id is public, but no door hands it out as credentials.
+    for body in bodies[:4]:
+        assert keys["app"].id not in body and keys["assumer"].id not in body
+
+
+def test_secret_file_readable_by_others_is_refused(
+    aws: fa.FakeAws, tmp_path: Path
+) -> None:
+    key = aws.user("exposed", fa.APP_ACTIONS)
+    conn = fa.access_key_connection("exposed", key, tmp_path / "exposed.secret", aws.url)
+    (tmp_path / "exposed.secret").chmod(0o644)
+    with h.daemon(tmp_path, [conn], wait_ready=False) as daemon:
+        row = h.wait_for(lambda: (r := _status(daemon)["exposed"])["last_error"] and r,
+                         what="the refusal")
+        assert row["state"] == "failed"
+        assert f"{tmp_path / 'exposed.secret'} has mode 0644" in row["last_error"]
+        assert "chmod 600" in row["last_error"]
+    assert key.secret not in daemon.process.log.read_text()
+    assert key.id not in aws.sessions().values(), "no STS call with an exposed key"
+
+
+def test_secret_from_systemd_credentials_directory(aws: fa.FakeAws, tmp_path: Path) -> None:
+    key = aws.user("systemd", fa.APP_ACTIONS)
+    creds_dir = tmp_path / "credentials"
+    creds_dir.mkdir(mode=0o700)
+    key.write(creds_dir / "unit")  # LoadCredential=unit:... puts it at $CREDENTIALS_DIRECTORY/unit
+    conn = {"name": "unit", "type": "access-keys", "access_key_id": key.id,
+            "endpoint": aws.url}
+    env = h.clean_env(CREDENTIALS_DIRECTORY=str(creds_dir))
+    with h.daemon(tmp_path, [conn], env=env) as daemon:
+        doc = Served(daemon, tmp_path).imds("imds:unit")
+    assert aws.sessions()[doc["AccessKeyId"]] == key.id
+
+
+def test_aws_endpoint_url_from_the_environment_is_honoured(
+    aws: fa.FakeAws, tmp_path: Path
+) -> None:
+    key = aws.user("by-env", fa.APP_ACTIONS)
+    conn = fa.access_key_connection("env", key, tmp_path / "env.secret", None)
+    env = h.clean_env(AWS_ENDPOINT_URL=aws.url)
+    with h.daemon(tmp_path, [conn], env=env) as daemon:
+        doc = Served(daemon, tmp_path).imds("imds:env")
+        row = h.wait_for(lambda: (r := _status(daemon)["env"])["key_created_from"] and r,
+                         what="the key facts")
+    assert aws.sessions()[doc["AccessKeyId"]] == key.id
+    assert row["key_created_from"] == "iam", "IAM reached through AWS_ENDPOINT_URL too"
+
+
+def test_a_refused_key_fails_with_the_services_own_words(aws: fa.FakeAws, tmp_path: Path) -> None:
+    key = aws.user("revoked", fa.APP_ACTIONS)
+    aws.client("iam").update_access_key(UserName="revoked", AccessKeyId=key.id,
+                                        Status="Inactive")
+    conn = fa.access_key_connection("revoked", key, tmp_path / "revoked.secret", aws.url)
+    with h.daemon(tmp_path, [conn], wait_ready=False) as daemon:
+        row = h.wait_for(lambda: (r := _status(daemon)["revoked"])["last_error"] and r,
+                         what="the refusal")
+        code, _, body = h.http("GET", daemon.url("health") + "readyz")
+    assert row["state"] == "failed"
+    assert row["last_error"] == ("InvalidClientTokenId (HTTP 403): The security token included "
+                                 "in the request is invalid.")
+    assert code == 503 and "InvalidClientTokenId" in body.decode()
+    failed = [e for e in daemon.events() if e.get("event") == "renewal failed"]
+    assert failed and "retrying will not fix it" in failed[0]["hint"]
+
+
+def _status(daemon: h.Daemon) -> dict[str, dict[str, Any]]:
+    code, _, body = h.http("GET", daemon.url("health") + "status")
+    assert code == 200
+    return {row["name"]: row for row in json.loads(body)["connections"]}
+
