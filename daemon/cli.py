@@ -58,6 +58,13 @@ def _cmd_credential_process(args: argparse.Namespace) -> int:
     return credential_process(args.name, config=args.config, socket_path=args.socket)
 
 
+def _cmd_import_keys(args: argparse.Namespace) -> int:
+    from daemon.keyfiles import import_keys
+
+    return import_keys(args.file, args.name, secret_file=args.secret_file, user=args.user,
+                       region=args.region, force=args.force)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from daemon import __version__
 
@@ -100,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     configure_process(p)
     p.set_defaults(func=_cmd_credential_process)
+
+    p = sub.add_parser("import-keys",
+                       help="store the secret of an AWS console key file (CSV or rootkey.csv)")
+    p.add_argument("file", metavar="FILE", help="accessKeys.csv, credentials.csv or rootkey.csv")
+    p.add_argument("--name", required=True, help="the connection name to print a config block for")
+    p.add_argument("--secret-file", help="where to store the secret (mode 0600; default:"
+                   " /etc/credential-sidecar/NAME.secret); an existing file is kept")
+    p.add_argument("--user", help="which user's row, when the file holds several")
+    p.add_argument("--region", default="us-east-1", help="for the config block (us-east-1)")
+    p.add_argument("--force", action="store_true", help="replace an existing secret file")
+    p.set_defaults(func=_cmd_import_keys)
     return parser
 
 
