@@ -65,6 +65,13 @@ def _cmd_import_keys(args: argparse.Namespace) -> int:
                        region=args.region, force=args.force)
 
 
+def _cmd_test_connection(args: argparse.Namespace) -> int:
+    from daemon.connection_check import run as test_connection
+
+    # Without --endpoint-url, botocore itself honours AWS_ENDPOINT_URL(_STS, _S3).
+    return test_connection(args.config, args.name, endpoint_url=args.endpoint_url)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from daemon import __version__
 
@@ -118,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", default="us-east-1", help="for the config block (us-east-1)")
     p.add_argument("--force", action="store_true", help="replace an existing secret file")
     p.set_defaults(func=_cmd_import_keys)
+
+    p = sub.add_parser("test-connection",
+                       help="GetCallerIdentity, then ListBuckets, with a connection's credentials")
+    p.add_argument("name", metavar="NAME", help="the connection to test")
+    config_arg(p)
+    p.add_argument("--endpoint-url", help="send the STS and S3 calls here (a test server);"
+                   " default: $AWS_ENDPOINT_URL, else AWS")
+    p.set_defaults(func=_cmd_test_connection)
     return parser
 
 

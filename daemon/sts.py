@@ -194,6 +194,7 @@ class AccessKeySource:
         warn_after_days: int = 90,
         session: AioSession | None = None,
         timeout: float = 10.0,
+        learn: bool = True,
     ) -> None:
         self.name = connection.name
         self.connection = connection
@@ -210,6 +211,7 @@ class AccessKeySource:
         self._learning: asyncio.Task[None] | None = None
         self._learned_key: str | None = None
         self._warned_at: float | None = None
+        self._learn_facts = learn  # False: one-off uses (test-connection) make no extra calls
 
     # -- the long-term key ------------------------------------------------------------------------
 
@@ -334,7 +336,8 @@ class AccessKeySource:
 
     def _start_learning(self) -> None:
         key_id = self.connection.access_key_id
-        if self._learned_key == key_id or (self._learning and not self._learning.done()):
+        if not self._learn_facts or self._learned_key == key_id or (
+                self._learning and not self._learning.done()):
             return
         self._learning = asyncio.get_running_loop().create_task(
             self._learn(key_id), name=f"key-facts:{self.name}")
