@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from daemon import logs
+from daemon import logs, pidfile
 from daemon.activation import SocketPool
 from daemon.cache import CredentialCache, default_key_path, load_or_create_key
 from daemon.clock import Clock, clock_from_env
@@ -331,6 +331,7 @@ async def serve(
     link = ServiceLink(notifier, daemon._manager(), daemon._required,
                        ready_timeout=config.daemon.ready_timeout_seconds)
     link.start()
+    pid_file = pidfile.write(config.daemon.state_dir)  # how rotate-keys finds us to reload
     while not stop.is_set():
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hangup.wait())]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -342,6 +343,7 @@ async def serve(
             link.reloaded(await _reload(daemon, config_path))
     log.info("stopping")
     link.stopping()
+    pidfile.remove(pid_file)
     await link.close()
     await daemon.stop()
     log.info("stopped")

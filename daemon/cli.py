@@ -72,6 +72,14 @@ def _cmd_test_connection(args: argparse.Namespace) -> int:
     return test_connection(args.config, args.name, endpoint_url=args.endpoint_url)
 
 
+def _cmd_rotate_keys(args: argparse.Namespace) -> int:
+    from daemon.rotation import run as rotate_keys
+
+    return rotate_keys(args.config, args.name, delete_inactive=args.delete_inactive,
+                       delete_old=args.delete_old, wait_seconds=args.wait_seconds,
+                       endpoint_url=args.endpoint_url)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from daemon import __version__
 
@@ -133,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-url", help="send the STS and S3 calls here (a test server);"
                    " default: $AWS_ENDPOINT_URL, else AWS")
     p.set_defaults(func=_cmd_test_connection)
+
+    p = sub.add_parser("rotate-keys",
+                       help="rotate an access-key connection's key: create, prove, swap, retire")
+    p.add_argument("name", metavar="NAME", help="the access-keys connection")
+    config_arg(p)
+    p.add_argument("--delete-inactive", action="store_true",
+                   help="with two keys already, delete the other one if it is inactive")
+    p.add_argument("--delete-old", action="store_true",
+                   help="delete the old key at the end (default: only deactivate it)")
+    p.add_argument("--wait-seconds", type=float, default=60.0,
+                   help="how long the new key may take to work, and the daemon to reload (60)")
+    p.add_argument("--endpoint-url", help="send the IAM and STS calls here (a test server)")
+    p.set_defaults(func=_cmd_rotate_keys)
     return parser
 
 

@@ -207,6 +207,8 @@ class AccessKeySource:
         self._secret_stat: tuple[int, int, int, int] | None = None
         self._stack: AsyncExitStack | None = None
         self._sts: Any = None
+        self._stale = False  # the STS client signs with a key or secret no longer current
+        self.renewed_with: str | None = None  # the key id of the last successful fetch
         self.facts = self._initial_facts()
         self._learning: asyncio.Task[None] | None = None
         self._learned_key: str | None = None
@@ -233,7 +235,7 @@ class AccessKeySource:
                 if self._secret is not None and secret != self._secret:
                     log.info("secret access key file changed on disk; using it",
                              connection=self.name, path=str(secret_file.path))
-                    await self._close_clients()
+                    self._stale = True  # the next fetch makes a client with it
                 self._secret, self._secret_stat = secret, stat_key(opened)
         except IdentityError as exc:
             raise UpstreamError("IdentityError", str(exc)) from None
@@ -252,15 +254,14 @@ class AccessKeySource:
             return False
         return self._secret_stat is not None and stat_key(st) != self._secret_stat
 
-    async def _client(self, service: str, secret: str, endpoint: str | None) -> Any:
+    async def _client(self, service: str, key_id: str, secret: str, endpoint: str | None) -> Any:
         """A client signing with the long-term key, closed with this source."""
         if self._stack is None:
             self._stack = AsyncExitStack()
         try:
             return await self._stack.enter_async_context(self._session.create_client(
                 service, region_name=self.connection.region, endpoint_url=endpoint,
-                aws_access_key_id=self.connection.access_key_id,
-                aws_secret_access_key=secret, config=self._config,
+                aws_access_key_id=key_id, aws_secret_access_key=secret, config=self._config,
             ))
         except BotoCoreError as exc:
             raise UpstreamError("ClientConfigError", str(exc)) from None
@@ -284,10 +285,15 @@ class AccessKeySource:
         return self.connection.session_name or f"credential-sidecar-{self.name}"[:64]
 
     async def fetch(self) -> Credentials:
+        c = self.connection  # one key id and one secret for this whole call
         secret = await self._long_term_secret()
+        if self._stale:
+            # Only here: the manager runs one fetch per connection at a time, so no call is
+            # in flight on the client being closed.
+            await self._close_clients()
+            self._stale = False
         if self._sts is None:
-            self._sts = await self._client("sts", secret, self.connection.endpoint)
-        c = self.connection
+            self._sts = await self._client("sts", c.access_key_id, secret, c.endpoint)
         where = self._sts.meta.endpoint_url
         now = self.clock.time()
         try:
@@ -310,6 +316,7 @@ class AccessKeySource:
             # GetCallerIdentity, so that container clients get AccountId from the start.
             await asyncio.wait({self._learning}, timeout=2.0)
         creds = credentials_from_response(response, now, self.facts.account, secret)
+        self.renewed_with = c.access_key_id
         self.check_age()
         return creds
 
@@ -330,7 +337,7 @@ class AccessKeySource:
         self.connection = connection
         self.facts = self._initial_facts() if self._learned_key is None else self.facts
         self._secret, self._secret_stat = None, None
-        await self._close_clients()
+        self._stale = True
 
     # -- key facts: owner, creation date, age -----------------------------------------------------
 
@@ -415,6 +422,7 @@ class AccessKeySource:
         age = self.key_age_days()
         return {
             "long_term_key_id": self.connection.access_key_id,
+            "renewed_with_key_id": self.renewed_with,  # rotate-keys waits for the new key here
             "key_created": iso_z(facts.created) if facts.created else None,
             "key_created_from": facts.created_from,
             "key_age_days": int(age) if age is not None else None,
