@@ -49,7 +49,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from daemon.status import status
 
-    return status(args.config, as_json=args.json)
+    return status(args.config, as_json=args.json, name=args.name)
 
 
 def _cmd_credential_process(args: argparse.Namespace) -> int:
@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_emulator)
 
     p = sub.add_parser("status", help="the running daemon's connections")
+    p.add_argument("name", metavar="NAME", nargs="?",
+                   help="one connection's whole record (id, notes, times, used by, key)")
     config_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_status)

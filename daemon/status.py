@@ -55,7 +55,39 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def status(config_path: str, *, as_json: bool = False) -> int:
+# One connection's account record (seed 000): id, notes, times, who uses it, and its key.
+RECORD = (("name", "name"), ("id", "id"), ("type", "type"), ("mode", "mode"),
+          ("state", "state"), ("notes", "notes"), ("created", "created"),
+          ("modified", "modified"), ("used_by", "used by"), ("expires_at", "expires at"),
+          ("last_renewal", "last renewal"), ("last_error", "last error"),
+          ("certificate_not_after", "certificate not after"),
+          ("long_term_key_id", "access key"), ("key_created", "key created"),
+          ("key_age_days", "key age (days)"), ("key_status", "key status"),
+          ("identity_arn", "identity"))
+
+
+def render_record(row: dict[str, Any]) -> str:
+    """``credential-sidecar status NAME``: one connection, one field a line."""
+    width = max(len(label) for _, label in RECORD) + 1
+    lines = []
+    for key, label in RECORD:
+        if key not in row and key not in ("id", "notes", "created", "modified", "used_by"):
+            continue  # fields of the other connection type
+        value = _cell(row, key)
+        if key == "used_by" and isinstance(row.get("used_by"), list) and row["used_by"]:
+            value = ("\n" + " " * (width + 1)).join(
+                f"{e.get('door')}{' (' + str(e['peer']) + ')' if e.get('peer') else ''}"
+                f" x{e.get('count')}, last {e.get('last')}"
+                for e in sorted(row["used_by"], key=lambda e: str(e.get("last")), reverse=True))
+        if key == "key_age_days" and row.get("key_age_warning"):
+            value += "  (older than the warning age: rotate it)"
+        if key == "identity_arn" and row.get("root_key"):
+            value += "  (the account root: AWS advises an IAM user's key)"
+        lines.append(f"{label + ':':<{width}} {value}")
+    return "\n".join(lines)
+
+
+def status(config_path: str, *, as_json: bool = False, name: str | None = None) -> int:
     from daemon.config import ConfigError, load_config
 
     try:
@@ -89,5 +121,12 @@ def status(config_path: str, *, as_json: bool = False) -> int:
         return 1
     report.pop("ok", None)
     rows = list(report.get("connections", []))
-    print(json.dumps(report, indent=2) if as_json else render_table(rows))
+    if name is not None:
+        rows = [row for row in rows if row.get("name") == name]
+        if not rows:
+            print(f"the daemon has no connection named {name!r}", file=sys.stderr)
+            return 2
+        print(json.dumps(rows[0], indent=2) if as_json else render_record(rows[0]))
+    else:
+        print(json.dumps(report, indent=2) if as_json else render_table(rows))
     return 0 if all(row.get("state") in ("ready", "degraded") for row in rows) else 3

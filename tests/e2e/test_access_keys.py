@@ -4,6 +4,7 @@ credentials through every door, never the long-term key, and knows its key's age
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -103,7 +104,8 @@ def served(aws: fa.FakeAws, keys: dict[str, fa.Key],
     ]
     imds = [{"listen": "127.0.0.1:0", "connection": "app"},
             {"listen": "127.0.0.1:0", "connection": "assumed"}]
-    extra = {"container": {"listen": "127.0.0.1:0"}}
+    extra = {"container": {"listen": "127.0.0.1:0"},
+             "control": {"socket": str(tmp / "control.sock")}}
     with h.daemon(tmp, conns, imds=imds, extra=extra) as daemon:
         yield Served(daemon, tmp)
 
@@ -257,3 +259,83 @@ def _status(daemon: h.Daemon) -> dict[str, dict[str, Any]]:
     assert code == 200
     return {row["name"]: row for row in json.loads(body)["connections"]}
 
+
+
+def status_command(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*h.CLI, "status", *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, env=h.clean_env())
+
+
+def test_status_name_shows_the_whole_account_record(served: Served) -> None:
+    served.imds("imds:app")
+    served.container("app")
+    row = served.status()["app"]
+    done = status_command(served.daemon.config_path, "app")
+    assert done.returncode == 0, done.stderr
+    record = {line.split(":", 1)[0]: line.split(":", 1)[1].strip()
+              for line in done.stdout.splitlines() if not line.startswith(" ")}
+    assert record["id"] == row["id"] and record["notes"] == "nightly backups"
+    assert record["created"] == row["created"] and record["modified"] == row["modified"]
+    assert record["access key"] == row["long_term_key_id"]
+    assert record["key age (days)"] == "0" and record["mode"] == "GetSessionToken"
+    doors = [e["door"] for e in row["used_by"]]
+    assert {"imds:app", "container"} <= set(doors)
+    assert "container x" in done.stdout and "imds:app x" in done.stdout
+    assert ", last 20" in done.stdout
+    quiet = status_command(served.daemon.config_path, "quiet")
+    assert "key age (days):        120  (older than the warning age: rotate it)" in quiet.stdout
+    as_json = status_command(served.daemon.config_path, "--json", "app")
+    assert json.loads(as_json.stdout)["id"] == row["id"]
+    missing = status_command(served.daemon.config_path, "nope")
+    assert missing.returncode == 2 and "no connection named 'nope'" in missing.stderr
+
+
+def test_account_records_survive_restarts_and_track_each_connections_changes(
+    aws: fa.FakeAws, tmp_path: Path
+) -> None:
+    keys = {n: aws.user(f"record-{n}", fa.APP_ACTIONS) for n in ("one", "two")}
+    conns = [fa.access_key_connection(n, k, tmp_path / f"{n}.secret", aws.url, notes="v1")
+             for n, k in keys.items()]
+    clock = tmp_path / "clock"
+    clock.write_text("0")
+    env = h.clean_env(CREDENTIAL_SIDECAR_TEST_CLOCK_FILE=str(clock))
+    with h.daemon(tmp_path, conns, env=env) as daemon:
+        first = _status(daemon)
+    with h.daemon(tmp_path, conns, log_name="restart.log", env=env) as daemon:
+        restarted = _status(daemon)
+        assert all(restarted[n][f] == first[n][f] for n in keys
+                   for f in ("id", "created", "modified"))
+        changed = [dict(conns[0]), {**conns[1], "notes": "v2"}]
+        daemon.config_path.write_text(h.to_toml(h.daemon_config(tmp_path, changed)))
+        clock.write_text("120")  # the change happens two minutes later
+        daemon.process.proc.send_signal(signal.SIGHUP)
+        rows = h.wait_for(lambda: (r := _status(daemon))["two"]["notes"] == "v2" and r,
+                          what="the reload")
+    assert rows["one"] == {**rows["one"], "id": first["one"]["id"],
+                           "modified": first["one"]["modified"]}
+    assert rows["two"]["id"] == first["two"]["id"]
+    assert rows["two"]["created"] == first["two"]["created"]
+    moved = (datetime.fromisoformat(rows["two"]["modified"])
+             - datetime.fromisoformat(first["two"]["modified"]))
+    assert moved >= timedelta(seconds=120)
+    on_disk = json.loads((tmp_path / "state" / "connections.json").read_text())
+    assert on_disk["connections"]["two"]["id"] == first["two"]["id"]
+    assert (tmp_path / "state" / "connections.json").stat().st_mode & 0o777 == 0o600
+    for key in keys.values():
+        assert key.secret not in json.dumps(on_disk)
+
+
+def test_a_root_key_is_served_with_a_warning(aws: fa.FakeAws, tmp_path: Path) -> None:
+    key = aws.user("daemon-root", fa.APP_ACTIONS)
+    aws.switches(root_keys=[key.id])
+    try:
+        conn = fa.access_key_connection("root", key, tmp_path / "root.secret", aws.url)
+        with h.daemon(tmp_path, [conn]) as daemon:
+            row = h.wait_for(lambda: (r := _status(daemon)["root"])["identity_arn"] and r,
+                             what="the key's owner")
+            Served(daemon, tmp_path).imds("imds:root")
+    finally:
+        aws.switches(root_keys=[])
+    assert row["root_key"] is True and row["state"] == "ready"
+    assert any(e.get("event", "").startswith("this connection uses the AWS account root")
+               for e in daemon.events())
