@@ -87,7 +87,8 @@ class Rotation:
         self.endpoint_url = endpoint_url
         self.out = out
         self.config_path = config.source
-        self.secret_path = Path(connection.secret_access_key_file or "")
+        # Without secret_access_key_file the secret is a systemd credential: preflight stops.
+        self.secret_path = Path(connection.secret_access_key_file or "/nonexistent/secret")
         self.pending = self.secret_path.with_name(self.secret_path.name + ".new")
         self.backup = self.secret_path.with_name(self.secret_path.name + ".bak")
         self.ledger = Ledger(connection.access_key_id)
@@ -128,9 +129,11 @@ class Rotation:
         if not raw or "CREDENTIALS_DIRECTORY" in raw or (
                 os.environ.get("CREDENTIALS_DIRECTORY")
                 and raw.startswith(os.environ["CREDENTIALS_DIRECTORY"])):
-            raise Stop("the secret comes from a systemd credential, which rotate-keys cannot"
-                       " replace: point secret_access_key_file at the file that LoadCredential="
-                       " reads (and keep it 0600), then run rotate-keys again")
+            raise Stop("the secret comes from a systemd credential ($CREDENTIALS_DIRECTORY),"
+                       " which systemd copies only when the service starts: a reload cannot hand"
+                       " the daemon a new one. Rotate it by hand: create a key, write its secret"
+                       " to the LoadCredential= source file, update access_key_id, systemctl"
+                       " restart credential-sidecar, then deactivate the old key")
         try:
             self.old_secret, _ = SecretFile(self.secret_path).read()
         except IdentityError as exc:

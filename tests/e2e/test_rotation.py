@@ -224,3 +224,15 @@ def test_only_access_key_connections_rotate(tmp_path: Path) -> None:
     done = rotate(config, name="ra")
     assert done.returncode == 2
     assert "only access-keys connections have long-term keys to rotate" in done.stderr
+
+
+def test_a_systemd_credential_is_refused_with_the_manual_procedure(tmp_path: Path) -> None:
+    conn = {"name": "app", "type": "access-keys", "access_key_id": "AKIAIOSFODNN7EXAMPLE",
+            "endpoint": "http://127.0.0.1:9"}  # secret from $CREDENTIALS_DIRECTORY/app
+    config = tmp_path / "config.toml"
+    config.write_text(h.to_toml(h.daemon_config(tmp_path, [conn])))
+    done = rotate(config)
+    assert done.returncode == 4
+    assert "the secret comes from a systemd credential" in done.stderr
+    assert "systemctl restart credential-sidecar" in done.stderr
+    assert "key AKIAIOSFODNN7EXAMPLE: " not in done.stderr, "no key was listed or touched"
