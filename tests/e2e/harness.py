@@ -147,8 +147,8 @@ class Emulator:
 
 @contextmanager
 def emulator(tmp: Path, cas: list[Path], *, role_arns: tuple[str, ...] = (ROLE,),
-             extra: list[str] | None = None,
-             env: dict[str, str] | None = None) -> Iterator[Emulator]:
+             extra: list[str] | None = None, env: dict[str, str] | None = None,
+             prefix: list[str] | None = None) -> Iterator[Emulator]:
     port_file = tmp / "emulator.port"
     args = ["emulator", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
             "--trust-anchor-arn", TRUST_ANCHOR, "--profile-arn", PROFILE]
@@ -156,7 +156,7 @@ def emulator(tmp: Path, cas: list[Path], *, role_arns: tuple[str, ...] = (ROLE,)
         args += ["--ca", str(ca)]
     for role in role_arns:
         args += ["--role-arn", role]
-    process = start(args + (extra or []), tmp / "emulator.log", env)
+    process = start(args + (extra or []), tmp / "emulator.log", env, prefix=prefix)
     try:
         port = wait_for(lambda: port_file.exists() and port_file.read_text().strip(),
                         what="the emulator's port file")
