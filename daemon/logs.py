@@ -27,35 +27,68 @@ _SENSITIVE_KEY = re.compile(
 
 
 class SecretRegistry:
-    """The secret values seen so far, bounded so a long-running daemon does not grow."""
+    """The secret values seen so far, bounded so a long-running daemon does not grow.
+
+    Indexed by each secret's first ``_PREFIX`` characters rather than compiled into one regex:
+    a regex of thousands of alternatives took a second to rebuild after every new secret and
+    milliseconds per scrub, which stalled the event loop once many connections renewed.
+    """
+
+    _PREFIX = 8  # also the shortest secret registered
 
     def __init__(self, limit: int = 4096) -> None:
         self._order: deque[str] = deque()
         self._values: set[str] = set()
         self._limit = limit
         self._lock = threading.Lock()
-        self._pattern: re.Pattern[str] | None = None
+        # first _PREFIX characters -> the secrets starting with them, longest first (replaced,
+        # never mutated, so scrub() may read it without the lock)
+        self._index: dict[str, tuple[str, ...]] = {}
+
+    def _file(self, value: str, present: bool) -> None:
+        key = value[: self._PREFIX]
+        bucket = [v for v in self._index.get(key, ()) if v != value]
+        if present:
+            bucket.append(value)
+        if bucket:
+            self._index[key] = tuple(sorted(bucket, key=len, reverse=True))
+        else:
+            self._index.pop(key, None)
 
     def add(self, *values: str | None) -> None:
         with self._lock:
             for value in values:
-                if not value or len(value) < 8 or value in self._values:
+                if not value or len(value) < self._PREFIX or value in self._values:
                     continue
                 self._values.add(value)
                 self._order.append(value)
+                self._file(value, True)
                 if len(self._order) > self._limit:
-                    self._values.discard(self._order.popleft())
-                self._pattern = None
+                    oldest = self._order.popleft()
+                    self._values.discard(oldest)
+                    self._file(oldest, False)
 
     def scrub(self, text: str) -> str:
-        pattern = self._pattern
-        if pattern is None:
-            with self._lock:
-                if not self._values:
-                    return text
-                ordered = sorted(self._values, key=len, reverse=True)
-                pattern = self._pattern = re.compile("|".join(map(re.escape, ordered)))
-        return pattern.sub(REDACTED, text)
+        """Every registered secret in ``text`` replaced, leftmost first, the longest on a tie."""
+        index, width = self._index, self._PREFIX
+        if not index or len(text) < width:
+            return text
+        pieces: list[str] = []
+        start = i = 0
+        last = len(text) - width
+        while i <= last:
+            candidates = index.get(text[i : i + width])
+            if candidates is not None:
+                found = next((v for v in candidates if text.startswith(v, i)), None)
+                if found is not None:
+                    pieces += (text[start:i], REDACTED)
+                    i = start = i + len(found)
+                    continue
+            i += 1
+        if not pieces:
+            return text
+        pieces.append(text[start:])
+        return "".join(pieces)
 
 
 SECRETS = SecretRegistry()
