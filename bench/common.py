@@ -65,12 +65,21 @@ def pinned(cpu: str) -> list[str]:
     return ["taskset", "-c", cpu]
 
 
+def _status_mib(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} for pid {pid}")
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory (VmRSS) of a process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    return _status_mib(pid, "VmRSS")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The most resident memory a process has had (VmHWM), in MiB."""
+    return _status_mib(pid, "VmHWM")
 
 
 def cpu_seconds(pid: int) -> float:
