@@ -60,6 +60,14 @@ class Served:
         assert code == 200, body
         return json.loads(body)  # type: ignore[no-any-return]
 
+    def process(self, name: str) -> dict[str, Any]:
+        """credential-process over the control socket (as root, whom the socket admits)."""
+        done = subprocess.run([*h.CLI, "credential-process", name, "--socket",
+                               str(self.tmp / "control.sock")], capture_output=True, text=True,
+                              timeout=30, env=h.clean_env())
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
     def container(self, name: str) -> dict[str, Any]:
         token = (self.tmp / "state" / "tokens" / f"{name}.token").read_text()
         code, _, body = h.http("GET", self.daemon.url("container") + f"v1/credentials/{name}",
@@ -110,12 +118,15 @@ def served(aws: fa.FakeAws, keys: dict[str, fa.Key],
         yield Served(daemon, tmp)
 
 
-def test_imds_and_container_doors_serve_session_credentials_that_work(
+def test_every_door_serves_session_credentials_that_work(
     aws: fa.FakeAws, keys: dict[str, fa.Key], served: Served
 ) -> None:
     sessions = aws.sessions()
     via_imds = served.imds("imds:app")
     via_container = served.container("app")
+    via_process = served.process("app")
+    assert via_process["AccessKeyId"] == via_imds["AccessKeyId"]
+    assert via_process["SessionToken"] == via_imds["Token"]
     for doc in (via_imds, via_container):
         assert doc["AccessKeyId"].startswith("ASIA") and len(doc["AccessKeyId"]) == 20
         assert doc["AccessKeyId"] != keys["app"].id
@@ -183,14 +194,15 @@ def test_the_long_term_key_reaches_no_response_and_no_log_line(
 ) -> None:
     bodies = [json.dumps(served.imds("imds:app")), json.dumps(served.imds("imds:assumed")),
               json.dumps(served.container("app")), json.dumps(served.container("quiet")),
-              json.dumps(served.status()), served.metrics()]
+              json.dumps(served.process("assumed")), json.dumps(served.status()),
+              served.metrics(), status_command(served.daemon.config_path, "--json").stdout]
     log = served.daemon.process.log.read_text()
     assert "credentials renewed" in log
     for key in keys.values():
         for text in [*bodies, log]:
             assert key.secret not in text
     # The key id is public, but no door hands it out as credentials.
-    for body in bodies[:4]:
+    for body in bodies[:5]:
         assert keys["app"].id not in body and keys["assumer"].id not in body
 
 
@@ -307,7 +319,13 @@ def test_account_records_survive_restarts_and_track_each_connections_changes(
                    for f in ("id", "created", "modified"))
         changed = [dict(conns[0]), {**conns[1], "notes": "v2"}]
         daemon.config_path.write_text(h.to_toml(h.daemon_config(tmp_path, changed)))
-        clock.write_text("120")  # the change happens two minutes later
+        # The change happens two minutes later (the file replaced atomically, and the daemon
+        # seen to have read it: the set it holds has two minutes less left).
+        left = restarted["two"]["seconds_left"]
+        (tmp_path / "clock.tmp").write_text("120")
+        (tmp_path / "clock.tmp").replace(clock)
+        h.wait_for(lambda: _status(daemon)["two"]["seconds_left"] <= left - 100,
+                   what="the daemon to see the clock move")
         daemon.process.proc.send_signal(signal.SIGHUP)
         rows = h.wait_for(lambda: (r := _status(daemon))["two"]["notes"] == "v2" and r,
                           what="the reload")
