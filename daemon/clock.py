@@ -102,6 +102,8 @@ class OffsetClock(SystemClock):
         self.path = path
         self._offset = 0.0
         self._read_at = -1.0
+        self._sleepers: set[asyncio.Future[None]] = set()
+        self._watcher: asyncio.Task[None] | None = None
 
     def offset(self) -> float:
         now = _time.monotonic()
@@ -121,10 +123,40 @@ class OffsetClock(SystemClock):
         return _time.monotonic() + self.offset()
 
     async def sleep(self, seconds: float) -> None:
+        """Until the deadline in offset time: woken by real time passing or the offset moving.
+
+        One watcher polls the file for all sleepers, so a thousand sleeping connections cost
+        one wake-up per poll rather than a thousand (which showed up in benchmarks).
+        """
         deadline = self.monotonic() + seconds
-        # Polling is the point: the offset can move under a sleeper at any moment.
-        while (left := deadline - self.monotonic()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(min(left, 0.05))
+        loop = asyncio.get_running_loop()
+        while (left := deadline - self.monotonic()) > 0:
+            waiter: asyncio.Future[None] = loop.create_future()
+            timer = loop.call_later(left, _wake, waiter)
+            self._sleepers.add(waiter)
+            watcher = self._watcher
+            if watcher is None or watcher.done() or watcher.get_loop() is not loop:
+                self._watcher = loop.create_task(self._watch())
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._sleepers.discard(waiter)
+
+    async def _watch(self) -> None:
+        """Wake every sleeper when the offset moves; ends when nobody sleeps."""
+        seen = self.offset()
+        while self._sleepers:
+            await asyncio.sleep(0.05)
+            if (now := self.offset()) != seen:
+                seen = now
+                for waiter in list(self._sleepers):
+                    _wake(waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def clock_from_env() -> Clock:
