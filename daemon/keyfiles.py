@@ -28,6 +28,9 @@ from daemon.keys import AccessKeyError, check_key_id, check_secret, write_secret
 MAX_BYTES = 64 * 1024  # a key file is a few hundred bytes
 ROOT_ID, ROOT_SECRET = "AWSAccessKeyId", "AWSSecretKey"
 DEFAULT_DIR = Path("/etc/credential-sidecar")
+# The shipped unit's LoadCredential=private:/etc/credential-sidecar/private: each file F in that
+# root-only store reaches the service as $CREDENTIALS_DIRECTORY/private_F.
+PRIVATE_STORE = DEFAULT_DIR / "private"
 
 
 class KeyFileError(ValueError):
@@ -163,6 +166,13 @@ def read(path: Path, *, user: str | None = None) -> KeyFile:
     return parse(data, str(path), user=user)
 
 
+def config_path_for(secret_file: Path) -> str:
+    """How the config names the secret: a file in the unit's private store is a credential."""
+    if secret_file.parent == PRIVATE_STORE:
+        return f"$CREDENTIALS_DIRECTORY/private_{secret_file.name}"
+    return str(secret_file)
+
+
 def config_block(name: str, key: KeyFile, secret_file: Path, region: str,
                  created_guess: str | None) -> str:
     lines = [
@@ -170,7 +180,7 @@ def config_block(name: str, key: KeyFile, secret_file: Path, region: str,
         f"name = {json.dumps(name)}",
         'type = "access-keys"',
         f"access_key_id = {json.dumps(key.key_id)}",
-        f"secret_access_key_file = {json.dumps(str(secret_file))}",
+        f"secret_access_key_file = {json.dumps(config_path_for(secret_file))}",
         f"region = {json.dumps(region)}",
     ]
     if created_guess:

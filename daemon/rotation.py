@@ -196,6 +196,9 @@ class Rotation:
         self.ledger.keys[key.id] = f"{key.status}, new, not yet used"
         try:
             write_secret(self.pending, secret)  # AWS will never show this secret again
+            # Owned as the old file is: the daemon may run as its own user (systemd's User=).
+            owner = self.secret_path.stat()
+            os.chown(self.pending, owner.st_uid, owner.st_gid)
         except OSError as exc:
             await self.discard(key, f"its secret could not be saved ({exc.strerror})")
             raise Stop(f"cannot write {self.pending}: {exc.strerror}") from None

@@ -4,6 +4,7 @@ a whole rotation, and rotations that stop early or halfway, always leaving a wor
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from tests.e2e import harness as h
 TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 CREDS = "latest/meta-data/iam/security-credentials/"
 BUCKET = "rotation-bucket"
+NOBODY = 65534
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,7 @@ def test_a_whole_rotation_with_the_daemon_running(aws: fa.FakeAws, tmp_path: Pat
         before = served(daemon)
         assert aws.sessions()[before["AccessKeyId"]] == old.id
         config_before = daemon.config_path.read_text()
+        os.chown(tmp_path / "app.secret", NOBODY, NOBODY)  # as if the daemon ran as its own user
         aws.switches(unready_new_keys=2)  # IAM's eventual consistency: the first tries fail
         try:
             done = rotate(daemon.config_path, "--wait-seconds", "30")
@@ -94,6 +97,7 @@ def test_a_whole_rotation_with_the_daemon_running(aws: fa.FakeAws, tmp_path: Pat
         new_secret = (tmp_path / "app.secret").read_text().strip()
         assert new_secret != old.secret
         assert (tmp_path / "app.secret").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "app.secret").stat().st_uid == NOBODY, "owned as the old file was"
         assert aws.client("sts", key_id=new_id, secret=new_secret).get_caller_identity()
         assert not (tmp_path / "app.secret.bak").exists()
         assert not (tmp_path / "app.secret.new").exists()

@@ -191,3 +191,13 @@ def test_import_keys_as_a_process_exits_2_for_a_bad_file(tmp_path: Path) -> None
                               str(tmp_path / "nope.csv"), "--name", "app"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "cannot read it" in missing.stderr
+
+
+def test_a_secret_in_the_units_private_store_is_named_as_a_systemd_credential() -> None:
+    key = keyfiles.parse(ACCESS_KEYS.encode())
+    block = keyfiles.config_block("backups", key, keyfiles.PRIVATE_STORE / "backups.secret",
+                                  "us-east-1", None)
+    assert 'secret_access_key_file = "$CREDENTIALS_DIRECTORY/private_backups.secret"' in block
+    elsewhere = keyfiles.config_block("backups", key, Path("/srv/backups.secret"), "us-east-1",
+                                      None)
+    assert 'secret_access_key_file = "/srv/backups.secret"' in elsewhere
