@@ -39,27 +39,10 @@ from daemon.rolesanywhere import RolesAnywhereSource, account_of
 from daemon.service import ServiceLink, install_test_hooks
 from daemon.sts import AccessKeySource
 from daemon.systemd import Notifier, listen_fds
-from daemon.upstream import CredentialSource, UpstreamError
+from daemon.upstream import CredentialSource
 
 log = logs.get_logger()
 Door = tuple[Any, Any, HostGuard | None]  # (aiohttp app, Address, host guard or None)
-
-
-class UnsupportedSource:
-    """Stands in for a connection type this build cannot serve yet; always says why."""
-
-    def __init__(self, name: str, kind: str) -> None:
-        self.name = name
-        self.kind = kind
-
-    async def fetch(self):  # type: ignore[no-untyped-def]
-        raise UpstreamError("Unsupported", f"connection type {self.kind!r} is not supported yet")
-
-    async def binding(self) -> str:
-        raise UpstreamError("Unsupported", "nothing to cache")
-
-    async def close(self) -> None:
-        return None
 
 
 class Daemon:
@@ -85,8 +68,7 @@ class Daemon:
         if isinstance(connection, AccessKeysConnection):
             return AccessKeySource(connection, self.clock,
                                    warn_after_days=self.config.daemon.key_age_warning_days)
-        name = getattr(connection, "name", "?")
-        return UnsupportedSource(name, getattr(connection, "type", "?"))
+        raise TypeError(f"no credential source for {type(connection).__name__}")
 
     def _required(self) -> list[str]:
         return [c.name for c in self.config.connections if not c.optional]

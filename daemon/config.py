@@ -40,6 +40,7 @@ from pydantic import (
 )
 
 from daemon.arn import Arn
+from daemon.keys import check_key_id
 
 __all__ = [
     "AccessKeysConnection",
@@ -459,18 +460,7 @@ class AccessKeysConnection(_ConnectionBase):
     @classmethod
     def _key_id(cls, value: str) -> str:
         """Never echoes the value: people paste the secret here by mistake."""
-        if value.startswith("ASIA"):
-            raise ValueError(
-                "an ASIA... key id is temporary (issued by STS); configure the long-term"
-                " AKIA... key of an IAM user"
-            )
-        if len(value) != 20:
-            raise ValueError(f"must be 20 characters (got {len(value)})")
-        if not re.fullmatch(r"[A-Z0-9]{20}", value):
-            raise ValueError("must contain only uppercase letters and digits")
-        if not value.startswith("AKIA"):
-            raise ValueError("must start with AKIA (a long-term IAM user key)")
-        return value
+        return check_key_id(value)
 
     @field_validator("role_arn")
     @classmethod
