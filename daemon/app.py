@@ -204,6 +204,8 @@ class Daemon:
     async def reload(self, config: Config) -> None:
         """Apply a new config: unchanged connections keep their sets and schedules."""
         manager = self._manager()
+        # Records first, so /status never shows the new settings with the old modified time.
+        await asyncio.to_thread(self.records.sync, config.connections, self.clock.time())
         old, self.config = self.config, config
         if config.daemon.state_dir != old.daemon.state_dir:
             log.warning("state_dir changes take effect at the next restart")
@@ -213,7 +215,6 @@ class Daemon:
         for name in before.keys() - after.keys():
             await manager.remove(name)
             log.info("connection removed", connection=name)
-        await asyncio.to_thread(self.records.sync, config.connections, self.clock.time())
         for name, conn in after.items():
             if await self._rekeyed(before.get(name), conn):
                 continue
