@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import tempfile
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.clock import FakeClock, utc
+from daemon.container import ContainerApp, TokenBook
 from daemon.credentials import Credentials
 from daemon.guards import HostGuard
 from daemon.imds import ImdsApp, ImdsIdentity
@@ -136,3 +140,55 @@ def test_imds_answers_any_request_with_a_client_error_or_success_never_a_crash(
         # Credentials only ever go out with a valid token (IMDSv1 is off here).
         assert status == 200
         assert IMDS.tokens.valid(headers.get("X-aws-ec2-metadata-token", "").strip())
+
+
+@dataclass(frozen=True)
+class _Owner:
+    name: str
+    container_token_file: Path
+    allowed_gids: tuple[int, ...] = ()
+
+
+def _container(directory: Path) -> tuple[ContainerApp, dict[str, str]]:
+    clock = FakeClock()
+    creds = Credentials("ASIAEXAMPLE", "secret-value-123456", "token-value-123456",
+                        utc(clock.time() + 3600), utc(clock.time()))
+    owners = [_Owner(n, directory / f"{n}.token") for n in ("alpha", "beta")]
+    book = TokenBook()
+    book.sync(owners, directory)
+    tokens = {o.name: o.container_token_file.read_text() for o in owners}
+    app = ContainerApp(book, lambda name: creds if name in tokens else None, HostGuard("127.0.0.1"))
+    return app, tokens
+
+
+CONTAINER, CONTAINER_TOKENS = _container(Path(tempfile.mkdtemp(prefix="container-props-")))
+CONTAINER_SERVER = ServerThread(CONTAINER.app)
+CONTAINER_PATHS = st.one_of(
+    st.sampled_from(["/v1/credentials/alpha", "/v1/credentials/beta", "/v1/credentials/",
+                     "/v1/credentials/gamma", "/v1/credentials/alpha/", "/", "//::"]),
+    PATHS,
+)
+AUTH = st.one_of(st.none(), TEXT, st.sampled_from(sorted(CONTAINER_TOKENS.values())))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS"]),
+    path=CONTAINER_PATHS,
+    auth=AUTH,
+    headers=st.dictionaries(HEADER_NAMES.filter(lambda n: n != "Authorization"), TEXT, max_size=4),
+    body=st.binary(max_size=64),
+)
+def test_container_door_answers_any_request_below_500_and_only_the_owner_gets_a_set(
+    method: str, path: str, auth: str | None, headers: dict[str, str], body: bytes
+) -> None:
+    lines = [f"{method} {path} HTTP/1.1", "Connection: close", f"Content-Length: {len(body)}"]
+    headers.setdefault("Host", f"127.0.0.1:{CONTAINER_SERVER.port}")
+    if auth is not None:
+        headers["Authorization"] = auth
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    status, rest = CONTAINER_SERVER.send(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    assert status < 500
+    if b"SecretAccessKey" in rest:
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        assert status == 200 and CONTAINER_TOKENS.get(name) == (auth or "").strip()
