@@ -194,7 +194,7 @@ class Daemon:
 
     async def _listen(self, door, app, address, guard: HostGuard | None) -> None:  # type: ignore[no-untyped-def]
         sock = self.sockets.socket_for(door, address)
-        app.middlewares.append(self._metrics().middleware(door))
+        self._metrics().attach(door, app)
         listener = Listener(door, app, address.host, address.port, sock=sock)
         self.listeners.append(listener)
         port = await listener.start()

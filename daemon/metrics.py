@@ -7,12 +7,11 @@ manager's state, so they are never stale and need no bookkeeping when connection
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
@@ -21,7 +20,6 @@ from daemon.manager import CredentialManager
 PREFIX = "credential_sidecar"
 # CreateSession and STS answer in tens of milliseconds; the client times out at 10 s.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _days_until(text: object, now: float) -> float | None:
@@ -83,6 +81,25 @@ class _StateCollector:
         yield from (renewals, left, ready, failures, cert_days, key_age)
 
 
+class _RequestCounts:
+    """Answers by door and status, in a plain dict rendered at scrape time.
+
+    prometheus_client's labelled Counter cost about 11 us per answer (label lookup and locks),
+    a sixth of what an IMDS answer costs in all; the doors run on one event loop, so a dict
+    needs no lock.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(f"{PREFIX}_requests", "Requests answered, by door and status.",
+                                     labels=["door", "status"])
+        for (door, status), count in sorted(self.counts.items()):
+            family.add_metric([door, status], count)
+        yield family
+
+
 class Metrics:
     def __init__(
         self,
@@ -90,37 +107,32 @@ class Metrics:
         describe: Callable[[str], dict[str, object]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            f"{PREFIX}_requests", "Requests answered, by door and status.",
-            ["door", "status"], registry=self.registry)
+        self.requests = _RequestCounts()
+        self.registry.register(self.requests)
         self.upstream = Histogram(
             f"{PREFIX}_upstream_seconds", "Time an upstream renewal call took.",
             ["connection"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(_StateCollector(manager, describe))
 
     def count(self, door: str, status: int) -> None:
-        self.requests.labels(door, str(status)).inc()
+        key = (door, str(status))
+        counts = self.requests.counts
+        counts[key] = counts.get(key, 0) + 1
 
     def observe_upstream(self, connection: str, seconds: float) -> None:
         self.upstream.labels(connection).observe(max(0.0, seconds))
 
-    def middleware(self, door: str) -> Any:
-        """Counts every answer of one door's aiohttp app, errors included."""
+    def attach(self, door: str, app: web.Application) -> None:
+        """Count every answer of one door's aiohttp app, errors included.
 
-        @web.middleware
-        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                self.count(door, exc.status)
-                raise
-            except Exception:
-                self.count(door, 500)
-                raise
+        A response-prepare signal rather than a middleware: aiohttp's middleware chain cost
+        about 5 us per request, 7% of an IMDS fetch (bench/serving.py).
+        """
+
+        async def count(request: web.Request, response: web.StreamResponse) -> None:
             self.count(door, response.status)
-            return response
 
-        return count
+        app.on_response_prepare.append(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -83,7 +83,7 @@ async def test_each_registry_is_its_own() -> None:
     assert value(two, "credential_sidecar_requests_total", door="container", status="200") is None
 
 
-async def test_the_middleware_counts_every_answer_of_a_door() -> None:
+async def test_every_answer_of_a_door_is_counted() -> None:
     metrics = Metrics(CredentialManager({}, FakeClock()))
 
     async def ok(request: web.Request) -> web.Response:
@@ -92,7 +92,8 @@ async def test_the_middleware_counts_every_answer_of_a_door() -> None:
     async def boom(request: web.Request) -> web.Response:
         raise RuntimeError("bug")
 
-    app = web.Application(middlewares=[metrics.middleware("imds:app")])
+    app = web.Application()
+    metrics.attach("imds:app", app)
     app.router.add_get("/ok", ok)
     app.router.add_get("/boom", boom)
     async with TestClient(TestServer(app)) as client:
