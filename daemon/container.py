@@ -202,8 +202,16 @@ class ContainerApp:
         self.lookup = lookup
         self.guard = guard
         self.on_served = on_served
+        self._rendered: dict[str, tuple[Credentials, str]] = {}  # see _document
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
+
+    def _document(self, name: str, creds: Credentials) -> str:
+        """A set's JSON, rendered once per set: asked for far more often than it changes."""
+        rendered = self._rendered.get(name)
+        if rendered is None or rendered[0] is not creds:
+            rendered = self._rendered[name] = (creds, json.dumps(creds.container_document()))
+        return rendered[1]
 
     async def handle(self, request: web.Request) -> web.Response:
         if not self.guard.allows(request.headers.get("Host")):
@@ -236,5 +244,4 @@ class ContainerApp:
                           "no fresh credentials to serve yet; see /status")
         if self.on_served:
             self.on_served(name)
-        return web.Response(text=json.dumps(creds.container_document()),
-                            content_type="application/json")
+        return web.Response(text=self._document(name, creds), content_type="application/json")

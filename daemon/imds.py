@@ -32,13 +32,19 @@ _TOKEN = struct.Struct(">Q16s")
 _MAC_LEN = 32
 
 
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 class TokenSealer:
     def __init__(self, clock: Clock, key: bytes | None = None) -> None:
         self.clock = clock
-        self._key = key or secrets.token_bytes(32)
+        # Keyed once; each MAC starts from a copy (cheaper than keying HMAC every request).
+        self._keyed = hmac.new(key or secrets.token_bytes(32), digestmod=hashlib.sha256)
 
     def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()
+        mac = self._keyed.copy()
+        mac.update(payload)
+        return mac.digest()
 
     def issue(self, ttl: int) -> str:
         payload = _TOKEN.pack(int(self.clock.time()) + ttl, secrets.token_bytes(16))
@@ -46,7 +52,8 @@ class TokenSealer:
 
     def valid(self, token: str) -> bool:
         try:
-            raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
+            raw = binascii.a2b_base64(token.encode("ascii").translate(_FROM_URLSAFE),
+                                      strict_mode=True)
         except (binascii.Error, UnicodeEncodeError, ValueError):
             return False
         if len(raw) != _TOKEN.size + _MAC_LEN:
@@ -68,7 +75,8 @@ class ImdsIdentity:
 
 
 def _text(body: str, status: int = 200, **headers: str) -> web.Response:
-    return web.Response(text=body, status=status, content_type="text/plain", headers=headers)
+    return web.Response(text=body, status=status, content_type="text/plain",
+                        headers=headers or None)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -93,8 +101,16 @@ class ImdsApp:
         self.allow_imdsv1 = allow_imdsv1
         self.tokens = TokenSealer(clock)
         self.on_served = on_served
+        self._rendered: tuple[Credentials, str] | None = None  # see _document
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
+
+    def _document(self, creds: Credentials) -> str:
+        """The set's JSON, rendered once per set: asked for far more often than it changes."""
+        rendered = self._rendered
+        if rendered is None or rendered[0] is not creds:
+            rendered = self._rendered = (creds, json.dumps(creds.imds_document()))
+        return rendered[1]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if not self.guard.allows(request.headers.get("Host")):
@@ -148,7 +164,7 @@ class ImdsApp:
                 )
             if self.on_served:
                 self.on_served(request)
-            return _text(json.dumps(creds.imds_document()))
+            return _text(self._document(creds))
         if key == "/latest/meta-data/placement/region":
             return _text(ident.region)
         if key == "/latest/dynamic/instance-identity/document":

@@ -202,6 +202,17 @@ async def test_each_token_reads_only_its_own_connection(door: Door) -> None:
     assert door.served == ["app", "other"]
 
 
+async def test_a_renewed_set_is_served_at_once(door: Door) -> None:
+    """The rendered answer is kept per set, never past it."""
+    first = await _get(door, "/v1/credentials/app", door.tokens["app"])
+    renewed = Credentials("ASIARENEWEDRENEWED01", "r" * 40, "n" * 80,
+                          door.held["app"].expiration, door.held["app"].issued_at)  # type: ignore[union-attr]
+    door.held["app"] = renewed
+    second = await _get(door, "/v1/credentials/app", door.tokens["app"])
+    assert first[1]["AccessKeyId"] == "ASIAEXAMPLEEXAMPLE01"
+    assert second[1] == renewed.container_document()
+
+
 async def test_nothing_fresh_is_503_never_an_empty_success(door: Door) -> None:
     status, body = await _get(door, "/v1/credentials/empty", door.tokens["empty"])
     assert (status, body["Code"]) == (503, "CredentialsUnavailable")
