@@ -106,8 +106,10 @@ def main() -> None:
     note = (f"{args.connections} concurrent clients (wrk, one connection each, own CPU); "
             f"{args.rounds} interleaved runs of {args.seconds:g} s per server, median "
             "throughput, latency percentiles over all runs. Daemon vs moto: "
-            f"{daemon_fetch['per_second'] / moto_fetch['per_second']:.1f}x. moto answers "
-            "every request with `Connection: close`, so its clients reconnect each time.")
+            f"{daemon_fetch['per_second'] / moto_fetch['per_second']:.1f}x. moto does the whole "
+            "fetch (its token PUT answers a fixed fake token, which its GETs do not check) and "
+            "answers every request with `Connection: close`, so its clients reconnect each "
+            "time. moto has no container-credentials endpoint.")
     c.write_result("serving", {
         "settings": vars(args), "results": results, "goals": goals,
         "daemon_vs_moto": daemon_fetch["per_second"] / moto_fetch["per_second"],

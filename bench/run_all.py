@@ -1,0 +1,64 @@
+"""Run every benchmark, one after another, then write bench/results/summary.md.
+
+Each benchmark runs in its own process and writes bench/results/<name>.json; the summary
+gathers their tables under the machine they ran on (what the README's Benchmarks section
+shows). bench/fleet_simulation.py is a different thing (fleet CreateSession rates) and is not
+run here.
+
+    .venv/bin/python bench/run_all.py [--only serving renewing ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import common as c
+
+BENCHMARKS = {
+    "serving": "Serving: IMDS fetch and container GET next to a bare aiohttp floor and moto",
+    "renewing": "Serving while 1 000 connections renew",
+    "cold_start": "Cold start at scale",
+    "renewal_cpu": "CPU per renewal",
+    "memory": "Memory",
+    "credential_process": "credential-process",
+}
+
+
+def summary(names: list[str]) -> str:
+    docs = {name: json.loads((c.RESULTS / f"{name}.json").read_text()) for name in names}
+    machine = next(iter(docs.values()))["machine"]
+    lines = [
+        f"Measured {min(d['when'] for d in docs.values())} on {machine['nproc']} CPUs "
+        f"({machine['cpu']}), {machine['memory_gib']} GiB, Linux {machine['kernel']}, Python "
+        f"{machine['python']}, aiohttp {machine['aiohttp']}; load average at the start "
+        f"{', '.join(f'{x:.2f}' for x in machine['load_average'])}.",
+        "",
+    ]
+    for name in names:
+        lines += [f"#### {BENCHMARKS[name]} (`bench/{name}.py`)", ""]
+        for table in docs[name]["tables"]:
+            lines += [table, ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    args = parser.parse_args()
+    for name in args.only:
+        started = time.monotonic()
+        print(f"== {name}", flush=True)
+        subprocess.run([sys.executable, str(c.BENCH / f"{name}.py")], check=True)
+        print(f"== {name}: {time.monotonic() - started:.0f} s", flush=True)
+    present = [name for name in BENCHMARKS if (c.RESULTS / f"{name}.json").exists()]
+    path = c.RESULTS / "summary.md"
+    path.write_text(summary(present))
+    print(f"written to {path.relative_to(c.ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
