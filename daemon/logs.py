@@ -36,7 +36,9 @@ class SecretRegistry:
 
     _PREFIX = 8  # also the shortest secret registered
 
-    def __init__(self, limit: int = 4096) -> None:
+    # Each renewal registers two secrets, oldest dropped first: 32768 keeps every live secret
+    # (and the previous set's) of 8 000 connections, for a few MB of strings.
+    def __init__(self, limit: int = 32768) -> None:
         self._order: deque[str] = deque()
         self._values: set[str] = set()
         self._limit = limit

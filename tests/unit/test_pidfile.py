@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from daemon import pidfile
@@ -34,6 +35,11 @@ def test_only_a_running_daemon_is_found(tmp_path: Path) -> None:
                              "daemon", "run"])
     try:
         (tmp_path / "daemon.pid").write_text(f"{fake.pid}\n")
+        # Until the child has exec'd, /proc shows the parent's command line: wait for it.
+        for _ in range(500):
+            if b"daemon" in Path(f"/proc/{fake.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.01)
         assert pidfile.find(tmp_path) == fake.pid
     finally:
         fake.kill()
