@@ -711,3 +711,13 @@ def _path(loc: Loc) -> str:
             key = part if _BARE_KEY_RE.match(part) else json.dumps(part)
             out += f".{key}" if out else key
     return out or "(top level)"
+
+
+def load_connection(path: str | os.PathLike[str], name: str) -> tuple[Config, Connection]:
+    """For commands about one connection: the config and that connection, or ConfigError."""
+    config = load_config(path)
+    try:
+        return config, config.connection(name)
+    except KeyError:
+        known = ", ".join(c.name for c in config.connections)
+        raise ConfigError(str(path), [f"no connection named {name!r}; known: {known}"]) from None

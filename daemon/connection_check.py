@@ -22,7 +22,7 @@ from daemon.config import (
     ConfigError,
     RolesAnywhereConnection,
     is_loopback,
-    load_config,
+    load_connection,
 )
 from daemon.credentials import Credentials, iso_z
 from daemon.upstream import UpstreamError
@@ -150,15 +150,9 @@ def run(config_path: str, name: str, *, endpoint_url: str | None = None,
 
     logs.configure("console", "error", stream=err)
     try:
-        config = load_config(config_path)
+        _, connection = load_connection(config_path, name)
     except ConfigError as exc:
         print(exc, file=err)
-        return BAD_CONFIG
-    try:
-        connection = config.connection(name)
-    except KeyError:
-        known = ", ".join(c.name for c in config.connections)
-        print(f"{config_path}: no connection named {name!r}; known: {known}", file=err)
         return BAD_CONFIG
     try:
         if endpoint_url:

@@ -37,7 +37,7 @@ from typing import Any, TextIO
 
 from daemon import pidfile
 from daemon.clock import SystemClock
-from daemon.config import AccessKeysConnection, Config, ConfigError, load_config
+from daemon.config import AccessKeysConnection, Config, ConfigError, load_connection
 from daemon.config_edit import ConfigEditError, rewrite, set_key
 from daemon.identity import IdentityError
 from daemon.keys import SecretFile, write_secret
@@ -382,15 +382,9 @@ def run(config_path: str, name: str, *, delete_inactive: bool = False, delete_ol
 
     logs.configure("console", "error", stream=err)
     try:
-        config = load_config(config_path)
+        config, connection = load_connection(config_path, name)
     except ConfigError as exc:
         print(exc, file=err)
-        return BAD_CONFIG
-    try:
-        connection = config.connection(name)
-    except KeyError:
-        known = ", ".join(c.name for c in config.connections)
-        print(f"{config_path}: no connection named {name!r}; known: {known}", file=err)
         return BAD_CONFIG
     if not isinstance(connection, AccessKeysConnection):
         print(f"{config_path}: connection {name!r} is {connection.type}; only access-keys"
