@@ -59,6 +59,22 @@ def http(method: str, url: str, headers: dict[str, str] | None = None,
         return exc.code, dict(exc.headers), exc.read()
 
 
+IMDS_TTL = "X-aws-ec2-metadata-token-ttl-seconds"
+IMDS_CREDS = "latest/meta-data/iam/security-credentials/"
+
+
+def imds_read(base: str) -> tuple[str, dict[str, Any]]:
+    """What an SDK does: token PUT, role name, then the credentials document."""
+    code, _, token = http("PUT", base + "latest/api/token", {IMDS_TTL: "60"})
+    assert code == 200
+    headers = {"X-aws-ec2-metadata-token": token.decode()}
+    code, _, role = http("GET", base + IMDS_CREDS, headers)
+    assert code == 200
+    code, _, body = http("GET", base + IMDS_CREDS + role.decode(), headers)
+    assert code == 200, body
+    return role.decode(), json.loads(body)
+
+
 @dataclass
 class Pki:
     dir: Path

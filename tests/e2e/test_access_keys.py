@@ -21,8 +21,6 @@ from tests.e2e import fake_aws as fa
 from tests.e2e import harness as h
 from tests.e2e.test_sdk_clients import BOTO3_SNIPPET, imds_env
 
-TTL = "X-aws-ec2-metadata-token-ttl-seconds"
-CREDS = "latest/meta-data/iam/security-credentials/"
 BUCKET = "vended-bucket"
 
 
@@ -50,15 +48,7 @@ class Served:
         return body.decode()
 
     def imds(self, door: str) -> dict[str, Any]:
-        base = self.daemon.url(door)
-        code, _, token = h.http("PUT", base + "latest/api/token", {TTL: "60"})
-        assert code == 200
-        headers = {"X-aws-ec2-metadata-token": token.decode()}
-        code, _, role = h.http("GET", base + CREDS, headers)
-        assert code == 200
-        code, _, body = h.http("GET", base + CREDS + role.decode(), headers)
-        assert code == 200, body
-        return json.loads(body)  # type: ignore[no-any-return]
+        return h.imds_read(self.daemon.url(door))[1]
 
     def process(self, name: str) -> dict[str, Any]:
         """credential-process over the control socket (as root, whom the socket admits)."""

@@ -29,8 +29,6 @@ from tests.e2e import harness as h
 
 NOBODY = 65534  # nobody / nogroup
 STRANGER = 12345  # a uid and gid nothing on the host grants anything
-TTL = "X-aws-ec2-metadata-token-ttl-seconds"
-CREDS = "latest/meta-data/iam/security-credentials/"
 
 # Runs the real command as another user. Everything is imported while still root (the venv
 # may live where that user cannot read), then privileges are dropped before anything connects.
@@ -186,22 +184,11 @@ def test_unauthenticated_callers_learn_no_names(stack: Stack) -> None:
 # --- several IMDS listeners ------------------------------------------------------------------
 
 
-def _imds_read(base: str) -> tuple[str, dict[str, Any]]:
-    code, _, token = h.http("PUT", base + "latest/api/token", {TTL: "60"})
-    assert code == 200
-    headers = {"X-aws-ec2-metadata-token": token.decode()}
-    code, _, role = h.http("GET", base + CREDS, headers)
-    assert code == 200
-    code, _, body = h.http("GET", base + CREDS + role.decode(), headers)
-    assert code == 200
-    return role.decode(), json.loads(body)
-
-
 def test_several_imds_listeners_each_serve_their_own_connection(stack: Stack) -> None:
     issued = stack.issued()
     seen = {}
     for name in ("app", "private"):
-        role, body = _imds_read(stack.daemon.url(f"imds:{name}"))
+        role, body = h.imds_read(stack.daemon.url(f"imds:{name}"))
         assert role == name
         assert body["SecretAccessKey"] == issued[body["AccessKeyId"]]["secretAccessKey"]
         seen[name] = body["AccessKeyId"]
@@ -362,8 +349,8 @@ def test_status_prefers_the_control_socket_and_falls_back_to_health(
 
 def test_metrics_count_every_door_and_describe_every_connection(stack: Stack) -> None:
     before = stack.metrics()
-    _imds_read(stack.daemon.url("imds:app"))
-    _imds_read(stack.daemon.url("imds:private"))
+    h.imds_read(stack.daemon.url("imds:app"))
+    h.imds_read(stack.daemon.url("imds:private"))
     stack.container("app", stack.token("app"))
     stack.container("app", None)
     stack.container("app", "x" * 43)
