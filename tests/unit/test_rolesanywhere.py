@@ -46,6 +46,16 @@ def source(tmp: Path, ca: pki.Issued, endpoint: str | None, **extra: object) -> 
     return RolesAnywhereSource(config.connections[0], SystemClock(), timeout=2.0)  # type: ignore[arg-type]
 
 
+async def refusal(src: RolesAnywhereSource) -> UpstreamError:
+    """The error one fetch ends with (it must end with one)."""
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await src.fetch()
+    finally:
+        await src.close()
+    return caught.value
+
+
 def test_endpoint_follows_the_region() -> None:
     assert default_endpoint("eu-west-1") == "https://rolesanywhere.eu-west-1.amazonaws.com"
     assert default_endpoint("cn-north-1") == "https://rolesanywhere.cn-north-1.amazonaws.com.cn"
@@ -82,32 +92,22 @@ async def test_service_errors_are_kept_verbatim(
 ) -> None:
     emu, ca = emulator
     emu.faults.update(faults)
-    src = source(tmp_path, ca, emu.url)
-    try:
-        with pytest.raises(UpstreamError) as caught:
-            await src.fetch()
-    finally:
-        await src.close()
-    assert caught.value.code == code
-    assert caught.value.status == status
-    assert message in caught.value.message
+    error = await refusal(source(tmp_path, ca, emu.url))
+    assert error.code == code
+    assert error.status == status
+    assert message in error.message
     if code == "ThrottlingException":
-        assert caught.value.retry_after == 7 and caught.value.throttled
+        assert error.retry_after == 7 and error.throttled
 
 
 async def test_untrusted_certificate_is_a_persistent_refusal(
     emulator: tuple[Emulator, pki.Issued], tmp_path: Path
 ) -> None:
     emu, _ = emulator
-    src = source(tmp_path, pki.make_ca("stranger"), emu.url)
-    try:
-        with pytest.raises(UpstreamError) as caught:
-            await src.fetch()
-    finally:
-        await src.close()
-    assert caught.value.code == "AccessDeniedException"
-    assert "untrusted signing certificate" in caught.value.message.lower()
-    assert caught.value.persistent
+    error = await refusal(source(tmp_path, pki.make_ca("stranger"), emu.url))
+    assert error.code == "AccessDeniedException"
+    assert "untrusted signing certificate" in error.message.lower()
+    assert error.persistent
 
 
 @pytest.mark.parametrize(
@@ -119,26 +119,16 @@ async def test_untrusted_certificate_is_a_persistent_refusal(
 )
 async def test_network_failures_are_retryable_errors(tmp_path: Path, endpoint: str,
                                                      code: str) -> None:
-    src = source(tmp_path, pki.make_ca("x"), endpoint)
-    try:
-        with pytest.raises(UpstreamError) as caught:
-            await src.fetch()
-    finally:
-        await src.close()
-    assert caught.value.code == code and not caught.value.persistent
+    error = await refusal(source(tmp_path, pki.make_ca("x"), endpoint))
+    assert error.code == code and not error.persistent
 
 
 async def test_tls_to_a_plain_http_server_fails_cleanly(
     emulator: tuple[Emulator, pki.Issued], tmp_path: Path
 ) -> None:
     emu, ca = emulator
-    src = source(tmp_path, ca, emu.url.replace("http://", "https://"))
-    try:
-        with pytest.raises(UpstreamError) as caught:
-            await src.fetch()
-    finally:
-        await src.close()
-    assert caught.value.code == "ConnectionError"
+    error = await refusal(source(tmp_path, ca, emu.url.replace("http://", "https://")))
+    assert error.code == "ConnectionError"
 
 
 async def test_a_slow_upstream_hits_the_total_timeout(
@@ -146,10 +136,5 @@ async def test_a_slow_upstream_hits_the_total_timeout(
 ) -> None:
     emu, ca = emulator
     emu.faults.update({"delay_seconds": 5})
-    src = source(tmp_path, ca, emu.url)
-    try:
-        with pytest.raises(UpstreamError) as caught:
-            await src.fetch()
-    finally:
-        await src.close()
-    assert caught.value.code == "Timeout"
+    error = await refusal(source(tmp_path, ca, emu.url))
+    assert error.code == "Timeout"
