@@ -231,7 +231,7 @@ def _check_region(value: str) -> str:
     return value
 
 
-def _check_endpoint(value: str) -> str:
+def check_endpoint(value: str) -> str:
     """https, or http to a loopback host only (the emulator, tests): never plain text on a wire."""
     try:
         parts = urlsplit(value)
@@ -299,7 +299,7 @@ ListenAddress = Annotated[
     Address, PlainValidator(_address), PlainSerializer(str, return_type=str, when_used="always")
 ]
 Region = Annotated[str, AfterValidator(_check_region)]
-Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
+Endpoint = Annotated[str, AfterValidator(check_endpoint)]
 ConnectionName = Annotated[str, AfterValidator(_check_name)]
 SessionName = Annotated[str, AfterValidator(_check_session_name)]
 SystemId = Annotated[StrictInt, Field(ge=0, le=4294967294)]

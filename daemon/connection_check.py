@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import sys
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 from daemon.clock import SystemClock
 from daemon.config import (
     AccessKeysConnection,
     ConfigError,
     RolesAnywhereConnection,
-    is_loopback,
+    check_endpoint,
     load_connection,
 )
 from daemon.credentials import Credentials, iso_z
@@ -37,20 +36,6 @@ class StepFailed(Exception):
     def __init__(self, step: int, name: str, error: UpstreamError, advice: str = "") -> None:
         super().__init__(f"{name}: {error}")
         self.step, self.name, self.error, self.advice = step, name, error, advice
-
-
-def check_endpoint_url(url: str) -> str:
-    """https, or plain http to a loopback test server only, as the config's endpoint keys."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
-        raise ValueError(f"--endpoint-url {url!r} is not a URL") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise ValueError(f"--endpoint-url {url!r} must be an https URL")
-    if parts.scheme == "http" and not is_loopback(host):
-        raise ValueError("--endpoint-url: plain http is accepted for a loopback host only")
-    return url
 
 
 class ConnectionTest:
@@ -156,9 +141,9 @@ def run(config_path: str, name: str, *, endpoint_url: str | None = None,
         return BAD_CONFIG
     try:
         if endpoint_url:
-            check_endpoint_url(endpoint_url)
+            check_endpoint(endpoint_url)  # the same rule as the config's endpoint keys
     except ValueError as exc:
-        print(exc, file=err)
+        print(f"--endpoint-url: {exc}", file=err)
         return BAD_CONFIG
     test = ConnectionTest(connection, endpoint_url, out)
     try:
