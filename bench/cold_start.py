@@ -21,7 +21,7 @@ from typing import Any
 
 import common as c
 
-from daemon.manager import Policy
+from credential_sidecar.renewal.schedule import Policy
 
 h = c.h
 

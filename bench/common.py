@@ -250,8 +250,8 @@ def moto_server(tmp: Path) -> Iterator[str]:
 
 
 def clock_env(clock_file: Path) -> dict[str, str]:
-    """Environment for a process whose clocks the benchmark moves (daemon.clock.OffsetClock)."""
-    from daemon.clock import TEST_CLOCK_ENV
+    """Environment for a process whose clocks the benchmark moves (clock.OffsetClock)."""
+    from credential_sidecar.clock import TEST_CLOCK_ENV
 
     return h.clean_env(**{TEST_CLOCK_ENV: str(clock_file)})
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from daemon.signer import sign_request
+from credential_sidecar.upstream.sigv4_x509 import sign_request
 
 
 def main() -> None:

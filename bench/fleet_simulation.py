@@ -1,7 +1,7 @@
 """How hard does a fleet of daemons hit CreateSession? A discrete-event simulation.
 
-Every host runs the daemon's own schedule code (``CredentialManager._refresh_point`` and
-``_backoff``, the real Policy) against an upstream that admits ``--quota`` calls per second
+Every host runs the daemon's own schedule code (``renewal.schedule.refresh_point`` and
+``backoff``, the real Policy) against an upstream that admits ``--quota`` calls per second
 per account (CreateSession allows roughly 10) and throttles the rest with Retry-After.
 Two starts are simulated: a cold start where every host boots in the same second (the worst
 case), and a restart of a warm fleet, which the persistent cache turns into no calls at all
@@ -25,28 +25,15 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from daemon.clock import utc
-from daemon.credentials import Credentials
-from daemon.manager import ConnectionState, CredentialManager, Policy
-from daemon.upstream import UpstreamError
+from credential_sidecar.clock import utc
+from credential_sidecar.credentials import Credentials
+from credential_sidecar.renewal.schedule import Policy, backoff, refresh_point
+from credential_sidecar.renewal.state import ConnectionState
+from credential_sidecar.upstream.base import UpstreamError
 
 LIFETIME = 3600
 HORIZON = 24 * 3600
 THROTTLED = UpstreamError("ThrottlingException", "Rate exceeded", 429, retry_after=1.0)
-
-
-class SimClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:  # never awaited here
-        raise NotImplementedError
 
 
 @dataclass
@@ -68,8 +55,7 @@ def _set(now: float) -> Credentials:
 
 def simulate(hosts: int, policy: Policy, quota: float, *, seed: int, label: str,
              warm: bool = False) -> Result:
-    clock = SimClock()
-    manager = CredentialManager({}, clock, policy=policy, rng=random.Random(seed))
+    schedule_rng = random.Random(seed)
     states = [ConnectionState(str(i)) for i in range(hosts)]
     rng = random.Random(seed + 1)
     events: list[tuple[float, int]] = []
@@ -77,7 +63,7 @@ def simulate(hosts: int, policy: Policy, quota: float, *, seed: int, label: str,
         if warm:  # restarted with a cached set of random age: due when its refresh point comes
             issued = -rng.uniform(0, LIFETIME * 0.5)
             state.current = _set(issued)
-            state.refresh_remaining = manager._refresh_point(state.current)
+            state.refresh_remaining = refresh_point(state.current, policy, schedule_rng)
             heapq.heappush(events, (issued + LIFETIME - state.refresh_remaining, i))
         else:
             heapq.heappush(events, (0.0, i))
@@ -91,7 +77,6 @@ def simulate(hosts: int, policy: Policy, quota: float, *, seed: int, label: str,
         at, i = heapq.heappop(events)
         if at > HORIZON:
             break
-        clock.now = at
         state = states[i]
         second = int(at)
         attempts[second] += 1
@@ -100,13 +85,15 @@ def simulate(hosts: int, policy: Policy, quota: float, *, seed: int, label: str,
         if admitted[second] >= quota:
             throttled += 1
             state.failures += 1
-            heapq.heappush(events, (at + manager._backoff(state, THROTTLED), i))
+            left = state.current.remaining(at) if state.current else None
+            delay = backoff(state.failures, THROTTLED, left, policy, schedule_rng)
+            heapq.heappush(events, (at + delay, i))
             continue
         admitted[second] += 1
         first = state.current is None
         state.current = _set(at)
         state.failures = 0
-        state.refresh_remaining = manager._refresh_point(state.current)
+        state.refresh_remaining = refresh_point(state.current, policy, schedule_rng)
         heapq.heappush(events, (at + LIFETIME - state.refresh_remaining, i))
         if first:
             waiting -= 1

@@ -26,13 +26,13 @@ from typing import Any
 import aiohttp
 import common as c
 
-from daemon import logs
-from daemon.cache import CredentialCache
-from daemon.clock import SystemClock, utc
-from daemon.config import RolesAnywhereConnection
-from daemon.manager import CredentialManager
-from daemon.rolesanywhere import RolesAnywhereSource
-from daemon.signer import sign_request
+from credential_sidecar import logs
+from credential_sidecar.clock import SystemClock, utc
+from credential_sidecar.config.model import RolesAnywhereConnection
+from credential_sidecar.renewal.manager import CredentialManager
+from credential_sidecar.state.cache import CredentialCache
+from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource
+from credential_sidecar.upstream.sigv4_x509 import sign_request
 
 h = c.h
 KEYS = {"rsa": "RSA-2048", "p256": "P-256", "p384": "P-384"}

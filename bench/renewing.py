@@ -1,7 +1,7 @@
 """Serving while renewing: the serving load while 1 000 Roles Anywhere connections renew.
 
 How renewals are made to happen during the measurement: the daemon and the emulator both run
-on the test clock (``CREDENTIAL_SIDECAR_TEST_CLOCK_FILE``, daemon.clock.OffsetClock: real time
+on the test clock (``CREDENTIAL_SIDECAR_TEST_CLOCK_FILE``, clock.OffsetClock: real time
 plus an offset read from a file). Every connection holds a 3600 s set and renews it with
 50-60 % of its life left, that is 1440-1800 s after it was issued. With wrk already loading
 the daemon, the benchmark moves the offset 1900 s ahead: every set is then due at once, and
@@ -27,7 +27,7 @@ from typing import Any
 
 import common as c
 
-from daemon.manager import Policy
+from credential_sidecar.renewal.schedule import Policy
 
 h = c.h
 GOAL_P99_MS = 50.0

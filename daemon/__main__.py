@@ -1,3 +1,3 @@
-from daemon.cli import main
+from credential_sidecar.cli import main
 
 raise SystemExit(main())

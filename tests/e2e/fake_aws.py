@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from daemon import keys
+from credential_sidecar.upstream import secret_file
 from tests.e2e import harness as h
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ class Key:
 
     def write(self, path: Path) -> Path:
         """The secret in a 0600 file, as an operator (or import-keys) would leave it."""
-        keys.write_secret(path, self.secret, replace=True)
+        secret_file.write_secret(path, self.secret, replace=True)
         return path
 
 

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon import pki
+from credential_sidecar.devtools import pki
 
 ACCOUNT = "111122223333"
 REGION = "us-east-1"
 TRUST_ANCHOR = f"arn:aws:rolesanywhere:{REGION}:{ACCOUNT}:trust-anchor/e2e-anchor"
 PROFILE = f"arn:aws:rolesanywhere:{REGION}:{ACCOUNT}:profile/e2e-profile"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/e2e"
-CLI = [sys.executable, "-m", "daemon"]
+CLI = [sys.executable, "-m", "credential_sidecar"]
 CLEAN_ENV_KEYS = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
     "AWS_DEFAULT_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",

@@ -34,10 +34,10 @@ STRANGER = 12345  # a uid and gid nothing on the host grants anything
 # may live where that user cannot read), then privileges are dropped before anything connects.
 AS_USER = """
 import argparse, os, sys
-import daemon.control_client, daemon.process
-from daemon.cli import main
+import credential_sidecar.client, credential_sidecar.cli.credential_process
+from credential_sidecar.cli import main
 warm = argparse.ArgumentParser()  # argparse imports more of the stdlib as it first parses
-daemon.process.configure_parser(warm)
+credential_sidecar.cli.credential_process.configure_parser(warm)
 warm.parse_args(sys.argv[5:])
 uid, gid, groups = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 os.setgroups([int(g) for g in groups.split(",") if g])
@@ -49,10 +49,11 @@ sys.exit(main(sys.argv[4:]))
 # The fast path must not pull in the daemon's heavy dependencies.
 IMPORTS = """
 import json, sys
-from daemon.cli import main
+from credential_sidecar.cli import main
 code = main(sys.argv[1:])
 heavy = sorted(m for m in ("aiohttp", "cryptography", "pydantic", "structlog",
-                           "prometheus_client", "botocore", "daemon.config", "daemon.app")
+                           "prometheus_client", "botocore", "credential_sidecar.config.model",
+                           "credential_sidecar.server")
                if m in sys.modules)
 print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
 """

@@ -10,8 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from daemon import pki
-from daemon.control_client import ask
+from credential_sidecar.client import ask
+from credential_sidecar.devtools import pki
 from tests.e2e import harness as h
 from tests.e2e.test_sdk_clients import BOTO3_SNIPPET, imds_env
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from botocore.utils import InstanceMetadataFetcher
 
-from daemon import pki
+from credential_sidecar.devtools import pki
 from tests.e2e import harness as h
 
 STEP = 15.0  # seconds of offset per time-machine step; also the slack of every time check

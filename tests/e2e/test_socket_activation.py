@@ -156,7 +156,7 @@ def test_systemd_socket_activate_starts_the_daemon_on_the_first_connection(
         log = (tmp_path / "activated.log").open("wb")
         proc = subprocess.Popen(
             ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=health",
-             sys.executable, "-m", "daemon", "run", "--config", str(path)],
+             sys.executable, "-m", "credential_sidecar", "run", "--config", str(path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
         process = h.Process(proc, tmp_path / "activated.log")
         try:

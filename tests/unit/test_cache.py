@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cache import CredentialCache, load_or_create_key, seal
-from daemon.clock import FakeClock, utc
-from daemon.credentials import Credentials
-from daemon.identity import IdentityError
-from daemon.manager import CredentialManager
+from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.credentials import Credentials
+from credential_sidecar.files import FileError
+from credential_sidecar.renewal.manager import CredentialManager
+from credential_sidecar.state.cache import CredentialCache, load_or_create_key, seal
 from tests.unit.test_manager import FakeSource
 
 NOW = 1_800_000_000.0
@@ -42,7 +42,7 @@ def test_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
 def test_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     load_or_create_key(tmp_path / "k")
     os.chmod(tmp_path / "k", 0o644)
-    with pytest.raises(IdentityError, match="0644"):
+    with pytest.raises(FileError, match="0644"):
         load_or_create_key(tmp_path / "k")
 
 

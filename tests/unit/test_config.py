@@ -10,20 +10,19 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from daemon.config import (
+from credential_sidecar.config.errors import ConfigError
+from credential_sidecar.config.load import load_config, parse_config
+from credential_sidecar.config.model import (
     AccessKeysConnection,
-    Address,
     Config,
-    ConfigError,
     ContainerListener,
     ControlSettings,
     DaemonSettings,
     HealthListener,
     ImdsListener,
     RolesAnywhereConnection,
-    load_config,
-    parse_config,
 )
+from credential_sidecar.config.values import Address
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "example.toml"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import load_config
-from daemon.config_edit import ConfigEditError, rewrite, set_key
+from credential_sidecar.config.edit import ConfigEditError, rewrite, set_key
+from credential_sidecar.config.load import load_config
 
 OLD, NEW = "AKIAIOSFODNN7EXAMPLE", "AKIAI44QH8DHBEXAMPLE"
 

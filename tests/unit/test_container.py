@@ -12,19 +12,18 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from daemon.clock import FakeClock, utc
-from daemon.container import (
-    ALIASES,
-    ContainerApp,
+from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.credentials import Credentials
+from credential_sidecar.doors.container import ALIASES, ContainerApp
+from credential_sidecar.doors.container_tokens import (
     TokenBook,
     TokenError,
     default_token_path,
     load_or_create_token,
     read_token,
 )
-from daemon.credentials import Credentials
-from daemon.guards import HostGuard
-from daemon.logs import SECRETS
+from credential_sidecar.doors.guards import HostGuard
+from credential_sidecar.logs import SECRETS
 
 
 @dataclass(frozen=True)

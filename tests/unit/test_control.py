@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.clock import FakeClock
-from daemon.control import ControlServer, Peer, admits, bind_socket, peer_of
-from daemon.control_client import Unreachable, ask, socket_from_config
-from daemon.manager import CredentialManager
+from credential_sidecar.client import Unreachable, ask, socket_from_config
+from credential_sidecar.clock import FakeClock
+from credential_sidecar.doors.control import ControlServer, Peer, admits, bind_socket, peer_of
+from credential_sidecar.renewal.manager import CredentialManager
 from tests.unit.test_manager import FakeSource
 
 

@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 
-from daemon import pki
-from daemon.config import ConfigError, RolesAnywhereConnection, parse_config
-from daemon.identity import IdentityError, check_private_file, load_identity
+from credential_sidecar.config.errors import ConfigError
+from credential_sidecar.config.load import parse_config
+from credential_sidecar.config.model import RolesAnywhereConnection
+from credential_sidecar.devtools import pki
+from credential_sidecar.files import FileError, check_private_file
+from credential_sidecar.upstream.certificate import load_identity
 
 ARNS = {
     "trust_anchor_arn": "arn:aws:rolesanywhere:us-east-1:111122223333:trust-anchor/a",
@@ -74,7 +77,7 @@ def test_a_missing_credentials_directory_is_explained(
     (tmp_path / "reports.crt").write_bytes(leaf.cert_pem())
     conn = _connection(_config(private_key="$CREDENTIALS_DIRECTORY/private_reports.key"),
                        tmp_path)
-    with pytest.raises(IdentityError, match=r"\$CREDENTIALS_DIRECTORY is not set.*LoadCredential="):
+    with pytest.raises(FileError, match=r"\$CREDENTIALS_DIRECTORY is not set.*LoadCredential="):
         load_identity(certificate=conn.certificate, private_key=conn.private_key)
 
 
@@ -127,7 +130,7 @@ def test_a_systemd_credential_file_is_accepted(acl_dir: Path) -> None:
 def test_an_acl_letting_someone_else_read_is_refused(acl_dir: Path) -> None:
     other = os.geteuid() + 4242
     path = _credential_file(acl_dir, reader=other)
-    with pytest.raises(IdentityError, match=f"ACL letting user {other} read or write it"):
+    with pytest.raises(FileError, match=f"ACL letting user {other} read or write it"):
         check_private_file(path, "private key")
 
 
@@ -137,7 +140,7 @@ def test_an_acl_opening_the_group_is_refused(acl_dir: Path) -> None:
     path.chmod(0o400)
     _set_acl(path, [(ACL_USER_OBJ, 6, UNDEFINED), (ACL_GROUP_OBJ, 4, UNDEFINED),
                     (ACL_GROUP, 4, 4242), (ACL_MASK, 4, UNDEFINED), (ACL_OTHER, 0, UNDEFINED)])
-    with pytest.raises(IdentityError, match="the file's group, group 4242"):
+    with pytest.raises(FileError, match="the file's group, group 4242"):
         check_private_file(path, "private key")
 
 
@@ -145,5 +148,5 @@ def test_plain_group_readable_files_are_still_refused(tmp_path: Path) -> None:
     path = tmp_path / "k"
     path.write_bytes(b"x")
     path.chmod(0o440)
-    with pytest.raises(IdentityError, match="mode 0440"):
+    with pytest.raises(FileError, match="mode 0440"):
         check_private_file(path, "private key")

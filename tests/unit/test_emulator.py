@@ -24,18 +24,18 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-from daemon import pki, signer
-from daemon.clock import FakeClock, utc
-from daemon.emulator import (
+from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.devtools import pki
+from credential_sidecar.devtools.emulator.cli import (
     DEFAULT_PROFILE_ARN,
     DEFAULT_ROLE_ARN,
     DEFAULT_TRUST_ANCHOR_ARN,
-    Emulator,
-    Faults,
-    Profile,
     configure_parser,
     run,
 )
+from credential_sidecar.devtools.emulator.faults import Faults
+from credential_sidecar.devtools.emulator.server import Emulator, Profile
+from credential_sidecar.upstream import sigv4_x509
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
@@ -180,7 +180,7 @@ async def send_signed(
     """Sign a CreateSession exactly as a client would, optionally tamper, and send it."""
     url = f"{base_url}{path}"
     payload = json.dumps(session_body() if body is None else body).encode()
-    signed = signer.sign_request(
+    signed = sigv4_x509.sign_request(
         method="POST",
         url=url,
         headers={"Content-Type": "application/json"},
@@ -298,7 +298,7 @@ async def test_signature_covers_path_and_query_as_received(
     signed_for = "/sessions?a=1"
     url = f"{emu.url}/sessions?a=2"
     payload = json.dumps(session_body()).encode()
-    signed = signer.sign_request(
+    signed = sigv4_x509.sign_request(
         method="POST", url=f"{emu.url}{signed_for}",
         headers={"Content-Type": "application/json"}, body=payload, region=REGION,
         service="rolesanywhere", when=utc(emu.clock.time()),
@@ -424,7 +424,7 @@ async def test_date_skewed_by_ten_minutes_is_refused(
 async def test_algorithm_not_matching_the_key_is_refused(
     http: aiohttp.ClientSession, emu: Emulator, certs: Certs
 ) -> None:
-    tamper = _edit_authorization(signer.RSA_ALGORITHM, signer.EC_ALGORITHM)
+    tamper = _edit_authorization(sigv4_x509.RSA_ALGORITHM, sigv4_x509.EC_ALGORITHM)
     reply = await create_session(http, emu, certs.leaf_rsa, tamper=tamper)
     assert_error(reply, 403, "AccessDeniedException", "does not match the signing certificate")
 
@@ -536,7 +536,7 @@ async def test_malformed_certificate_header_is_refused(
 async def test_unsigned_chain_header_is_refused(
     http: aiohttp.ClientSession, emu: Emulator, certs: Certs
 ) -> None:
-    chain_value = signer.der_b64(certs.intermediate.certificate)
+    chain_value = sigv4_x509.der_b64(certs.intermediate.certificate)
     reply = await create_session(
         http,
         emu,
@@ -705,7 +705,7 @@ def test_configure_parser_parses_documented_flags(tmp_path: Path) -> None:
         "--max-duration", "1800",
         "--port-file", str(tmp_path / "port"),
     ])
-    assert args.listen == "127.0.0.1:0"
+    assert str(args.listen) == "127.0.0.1:0"
     assert args.ca == [Path("a.pem"), Path("b.pem")]
     assert args.trust_anchor_arn == TA and args.profile_arn == PROFILE
     assert args.role_arns == [ROLE, OTHER_ROLE]
@@ -715,7 +715,7 @@ def test_configure_parser_parses_documented_flags(tmp_path: Path) -> None:
 
 def test_configure_parser_defaults_and_refusals(capsys: pytest.CaptureFixture[str]) -> None:
     args = _parse(["--ca", "ca.pem"])
-    assert args.listen == "127.0.0.1:8443"
+    assert str(args.listen) == "127.0.0.1:8443"
     assert args.trust_anchor_arn == DEFAULT_TRUST_ANCHOR_ARN
     assert args.profile_arn == DEFAULT_PROFILE_ARN
     assert args.role_arns is None  # run() then allows DEFAULT_ROLE_ARN
@@ -744,7 +744,7 @@ async def test_cli_serves_signed_requests_and_stops_on_sigterm(
     port_file = tmp_path / "port"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon.emulator",
+        sys.executable, "-m", "credential_sidecar.devtools.emulator",
         "--listen", "127.0.0.1:0", "--ca", str(ca_file), "--port-file", str(port_file),
         "--max-duration", "7200",
         cwd=ROOT, env=env,

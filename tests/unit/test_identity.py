@@ -16,15 +16,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from daemon import identity as identity_mod
-from daemon import pki, signer
-from daemon.identity import (
-    Identity,
-    IdentityError,
-    IdentitySource,
-    check_private_file,
-    load_identity,
-)
+from credential_sidecar.devtools import pki
+from credential_sidecar.files import FileError, check_private_file
+from credential_sidecar.upstream import certificate as identity_mod
+from credential_sidecar.upstream import sigv4_x509
+from credential_sidecar.upstream.certificate import Identity, IdentitySource, load_identity
 
 PEM = serialization.Encoding.PEM
 DER = serialization.Encoding.DER
@@ -90,7 +86,7 @@ def p12_bytes(
 
 
 def error_of(call: Callable[[], object]) -> str:
-    with pytest.raises(IdentityError) as info:
+    with pytest.raises(FileError) as info:
         call()
     return str(info.value)
 
@@ -130,7 +126,7 @@ def test_unencrypted_key_formats_load(
     assert loaded.serial == leaf.certificate.serial_number
     assert loaded.certificate == leaf.certificate
     assert loaded.chain == ()
-    assert loaded.algorithm == signer.algorithm_for(leaf.key)
+    assert loaded.algorithm == sigv4_x509.algorithm_for(leaf.key)
     assert loaded.private_key.private_numbers() == leaf.key.private_numbers()
 
 
@@ -216,7 +212,7 @@ def test_p384(tmp_path: Path, intermediate: pki.Issued) -> None:
 
     assert isinstance(loaded.private_key, ec.EllipticCurvePrivateKey)
     assert loaded.private_key.curve.name == "secp384r1"
-    assert loaded.algorithm == signer.EC_ALGORITHM
+    assert loaded.algorithm == sigv4_x509.EC_ALGORITHM
 
 
 # --- refused keys and certificates -----------------------------------------------------------
@@ -775,7 +771,7 @@ async def test_source_without_any_good_identity_raises(tmp_path: Path) -> None:
     key = pki.write_private(tmp_path / "leaf.key", b"garbage")
     source = IdentitySource(certificate=cert, private_key=key)
 
-    with pytest.raises(IdentityError, match=str(cert)):
+    with pytest.raises(FileError, match=str(cert)):
         await source.get()
     assert source.current() is None
 

@@ -6,10 +6,16 @@ import json
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from daemon.clock import FakeClock, utc
-from daemon.credentials import Credentials
-from daemon.guards import HostGuard
-from daemon.imds import CREDS_PREFIX, TOKEN_HEADER, TTL_HEADER, ImdsApp, ImdsIdentity
+from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.credentials import Credentials
+from credential_sidecar.doors.guards import HostGuard
+from credential_sidecar.doors.imds import (
+    CREDS_PREFIX,
+    TOKEN_HEADER,
+    TTL_HEADER,
+    ImdsApp,
+    ImdsIdentity,
+)
 
 
 def _creds(clock: FakeClock, key_id: str) -> Credentials:

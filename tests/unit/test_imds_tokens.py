@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from daemon.clock import FakeClock
-from daemon.imds import TokenSealer
+from credential_sidecar.clock import FakeClock
+from credential_sidecar.doors.imds import TokenSealer
 
 
 def test_token_expires_after_its_ttl() -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon import keyfiles
-from daemon.cli import main
-from daemon.config import AccessKeysConnection, parse_config
-from daemon.keyfiles import KeyFileError
+from credential_sidecar.cli import import_keys, main
+from credential_sidecar.cli.import_keys import KeyFileError
+from credential_sidecar.config.load import parse_config
+from credential_sidecar.config.model import AccessKeysConnection
 
 KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -43,7 +43,7 @@ def test_every_console_download_shape(text: str, kind: str, user: str | None, wi
         text = text.replace("\n", "\r\n")
     if bom:
         text = BOM + text
-    key = keyfiles.parse(text.encode())
+    key = import_keys.parse(text.encode())
     assert (key.kind, key.key_id, key.secret, key.user) == (kind, KEY_ID, SECRET, user)
     assert key.is_root is (kind == "rootkey.csv")
     assert SECRET not in repr(key)
@@ -51,7 +51,7 @@ def test_every_console_download_shape(text: str, kind: str, user: str | None, wi
 
 def test_quoted_csv_cells_and_blank_lines_are_fine() -> None:
     text = f'"Access key ID","Secret access key"\r\n\r\n"{KEY_ID}","{SECRET}"\r\n\r\n'
-    assert keyfiles.parse(text.encode()).secret == SECRET
+    assert import_keys.parse(text.encode()).secret == SECRET
 
 
 def test_the_right_users_row_is_picked() -> None:
@@ -59,11 +59,11 @@ def test_the_right_users_row_is_picked() -> None:
     text = CREDENTIALS + f"other,,{other},{'B' * 40},https://x\n"
     several = r"several users \(sdk_demo, other\); pick one with --user"
     with pytest.raises(KeyFileError, match=several):
-        keyfiles.parse(text.encode())
-    key = keyfiles.parse(text.encode(), user="other")
+        import_keys.parse(text.encode())
+    key = import_keys.parse(text.encode(), user="other")
     assert (key.key_id, key.line, key.user) == (other, 3, "other")
     with pytest.raises(KeyFileError, match="no row for user 'nobody'"):
-        keyfiles.parse(text.encode(), user="nobody")
+        import_keys.parse(text.encode(), user="nobody")
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -96,7 +96,7 @@ def test_the_right_users_row_is_picked() -> None:
 ])
 def test_malformed_files_name_the_line_and_never_the_secret(text: str, message: str) -> None:
     with pytest.raises(KeyFileError) as caught:
-        keyfiles.parse(text.encode(), "accessKeys.csv")
+        import_keys.parse(text.encode(), "accessKeys.csv")
     assert message in str(caught.value)
     assert str(caught.value).startswith("accessKeys.csv")
     assert SECRET not in str(caught.value) and SECRET[:-1] not in str(caught.value)
@@ -104,9 +104,9 @@ def test_malformed_files_name_the_line_and_never_the_secret(text: str, message: 
 
 def test_binary_and_huge_files_are_rejected() -> None:
     with pytest.raises(KeyFileError, match="line 2: not UTF-8 text"):
-        keyfiles.parse(b"Access key ID,Secret access key\n\xff\xfe\n")
+        import_keys.parse(b"Access key ID,Secret access key\n\xff\xfe\n")
     with pytest.raises(KeyFileError, match="too large to be a key file"):
-        keyfiles.parse(b"x" * (keyfiles.MAX_BYTES + 1))
+        import_keys.parse(b"x" * (import_keys.MAX_BYTES + 1))
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def test_import_keys_refuses_a_block_that_would_not_validate(
 
 def test_import_keys_as_a_process_exits_2_for_a_bad_file(tmp_path: Path) -> None:
     source = _download(tmp_path, f"Access key ID,Secret access key\n{KEY_ID},{SECRET[:30]}\n")
-    done = subprocess.run([sys.executable, "-m", "daemon", "import-keys", str(source),
+    done = subprocess.run([sys.executable, "-m", "credential_sidecar", "import-keys", str(source),
                            "--name", "app", "--secret-file", str(tmp_path / "s")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
@@ -187,17 +187,17 @@ def test_import_keys_as_a_process_exits_2_for_a_bad_file(tmp_path: Path) -> None
     assert f"{source} line 2: a secret access key is 40 characters (got 30)" in done.stderr
     assert SECRET[:30] not in done.stderr
     assert not (tmp_path / "s").exists()
-    missing = subprocess.run([sys.executable, "-m", "daemon", "import-keys",
+    missing = subprocess.run([sys.executable, "-m", "credential_sidecar", "import-keys",
                               str(tmp_path / "nope.csv"), "--name", "app"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "cannot read it" in missing.stderr
 
 
 def test_a_secret_in_the_units_private_store_is_named_as_a_systemd_credential() -> None:
-    key = keyfiles.parse(ACCESS_KEYS.encode())
-    block = keyfiles.config_block("backups", key, keyfiles.PRIVATE_STORE / "backups.secret",
+    key = import_keys.parse(ACCESS_KEYS.encode())
+    block = import_keys.config_block("backups", key, import_keys.PRIVATE_STORE / "backups.secret",
                                   "us-east-1", None)
     assert 'secret_access_key_file = "$CREDENTIALS_DIRECTORY/private_backups.secret"' in block
-    elsewhere = keyfiles.config_block("backups", key, Path("/srv/backups.secret"), "us-east-1",
+    elsewhere = import_keys.config_block("backups", key, Path("/srv/backups.secret"), "us-east-1",
                                       None)
     assert 'secret_access_key_file = "/srv/backups.secret"' in elsewhere

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.identity import IdentityError
-from daemon.keys import AccessKeyError, SecretFile, check_key_id, check_secret, write_secret
+from credential_sidecar.config.values import AccessKeyError, check_key_id, check_secret
+from credential_sidecar.files import FileError
+from credential_sidecar.upstream.secret_file import SecretFile, write_secret
 
 KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -57,7 +58,7 @@ def test_secret_file_from_config_or_systemd(
     from_systemd = SecretFile.for_connection("backups", None)
     assert from_systemd == SecretFile(tmp_path / "backups", from_systemd=True)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
-    with pytest.raises(IdentityError, match="LoadCredential=backups:"):
+    with pytest.raises(FileError, match="LoadCredential=backups:"):
         SecretFile.for_connection("backups", None)
 
 
@@ -76,7 +77,7 @@ def test_exposed_secret_files_are_refused_with_the_fix(tmp_path: Path, mode: int
     path = tmp_path / "s"
     path.write_text(SECRET)
     path.chmod(mode)
-    with pytest.raises(IdentityError) as caught:
+    with pytest.raises(FileError) as caught:
         SecretFile(path).read()
     text = str(caught.value)
     assert f"{path} has mode {mode:04o}" in text and f"chmod 600 {path}" in text
@@ -94,19 +95,19 @@ def test_malformed_secret_files_name_the_file_not_the_secret(
     path = tmp_path / "s"
     path.write_text(content)
     path.chmod(0o600)
-    with pytest.raises(IdentityError) as caught:
+    with pytest.raises(FileError) as caught:
         SecretFile(path).read()
     assert str(path) in str(caught.value) and message in str(caught.value)
     assert SECRET[:20] not in str(caught.value)
 
 
 def test_missing_and_binary_secret_files(tmp_path: Path) -> None:
-    with pytest.raises(IdentityError, match="does not exist"):
+    with pytest.raises(FileError, match="does not exist"):
         SecretFile(tmp_path / "nope").read()
     path = tmp_path / "bin"
     path.write_bytes(b"\xff" * 40)
     path.chmod(0o600)
-    with pytest.raises(IdentityError, match="not plain ASCII"):
+    with pytest.raises(FileError, match="not plain ASCII"):
         SecretFile(path).read()
 
 

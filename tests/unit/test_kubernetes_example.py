@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from daemon.config import parse_config
+from credential_sidecar.config.load import parse_config
 
 yaml = pytest.importorskip("yaml")  # PyYAML arrives with the test extras (awscli, moto)
 

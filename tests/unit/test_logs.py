@@ -11,7 +11,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import logs
+from credential_sidecar import logs
 
 
 def test_redaction_processor_blanks_keys_and_scrubs_registered_values() -> None:

@@ -7,10 +7,11 @@ import secrets
 
 import pytest
 
-from daemon.clock import FakeClock, utc
-from daemon.credentials import Credentials
-from daemon.manager import CredentialManager, Policy
-from daemon.upstream import UpstreamError
+from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.credentials import Credentials
+from credential_sidecar.renewal.manager import CredentialManager
+from credential_sidecar.renewal.schedule import Policy
+from credential_sidecar.upstream.base import UpstreamError
 
 
 class FakeSource:

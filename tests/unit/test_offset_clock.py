@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from daemon.clock import OffsetClock
+from credential_sidecar.clock import OffsetClock
 
 
 async def test_sleepers_wake_when_the_offset_moves_past_them(tmp_path: Path) -> None:

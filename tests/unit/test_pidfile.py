@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from daemon import pidfile
+from credential_sidecar.state import pidfile
 
 
 def test_our_own_file_is_written_and_removed(tmp_path: Path) -> None:
@@ -32,12 +32,12 @@ def test_only_a_running_daemon_is_found(tmp_path: Path) -> None:
     assert pidfile.find(tmp_path) is None, "pytest is not the daemon"
     # A process whose command line is the daemon's (it sleeps instead of serving).
     fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m",
-                             "daemon", "run"])
+                             "credential_sidecar", "run"])
     try:
         (tmp_path / "daemon.pid").write_text(f"{fake.pid}\n")
         # Until the child has exec'd, /proc shows the parent's command line: wait for it.
         for _ in range(500):
-            if b"daemon" in Path(f"/proc/{fake.pid}/cmdline").read_bytes():
+            if b"credential_sidecar" in Path(f"/proc/{fake.pid}/cmdline").read_bytes():
                 break
             time.sleep(0.01)
         assert pidfile.find(tmp_path) == fake.pid

@@ -14,13 +14,14 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.clock import FakeClock, utc
-from daemon.container import ContainerApp, TokenBook
-from daemon.credentials import Credentials
-from daemon.guards import HostGuard
-from daemon.imds import ImdsApp, ImdsIdentity
-from daemon.manager import CredentialManager
-from daemon.upstream import UpstreamError
+from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.credentials import Credentials
+from credential_sidecar.doors.container import ContainerApp
+from credential_sidecar.doors.container_tokens import TokenBook
+from credential_sidecar.doors.guards import HostGuard
+from credential_sidecar.doors.imds import ImdsApp, ImdsIdentity
+from credential_sidecar.renewal.manager import CredentialManager
+from credential_sidecar.upstream.base import UpstreamError
 from tests.unit.test_manager import FakeSource
 
 ERRORS = st.sampled_from([

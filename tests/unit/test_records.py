@@ -8,8 +8,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from daemon.config import parse_config
-from daemon.records import FILE_NAME, ConnectionRecords
+from credential_sidecar.config.load import parse_config
+from credential_sidecar.state.records import FILE_NAME, ConnectionRecords
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon import pki
-from daemon.clock import SystemClock
-from daemon.config import parse_config
-from daemon.emulator import Emulator, Profile
-from daemon.rolesanywhere import RolesAnywhereSource, default_endpoint
-from daemon.upstream import UpstreamError
+from credential_sidecar.clock import SystemClock
+from credential_sidecar.config.load import parse_config
+from credential_sidecar.devtools import pki
+from credential_sidecar.devtools.emulator.server import Emulator, Profile
+from credential_sidecar.upstream.base import UpstreamError
+from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource, default_endpoint
 
 ACCOUNT = "111122223333"
 TA = f"arn:aws:rolesanywhere:eu-west-1:{ACCOUNT}:trust-anchor/t"

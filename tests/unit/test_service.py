@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon.clock import FakeClock, utc
-from daemon.credentials import Credentials
-from daemon.manager import CredentialManager
-from daemon.service import ServiceLink, summary
-from daemon.systemd import Notifier
-from daemon.upstream import UpstreamError
+from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.credentials import Credentials
+from credential_sidecar.renewal.manager import CredentialManager
+from credential_sidecar.systemd.link import ServiceLink, summary
+from credential_sidecar.systemd.notify import Notifier
+from credential_sidecar.upstream.base import UpstreamError
 
 
 class Source:
@@ -211,7 +211,8 @@ async def test_status_is_sent_only_when_it_changes(
 
 
 def test_ready_timeout_setting() -> None:
-    from daemon.config import ConfigError, parse_config
+    from credential_sidecar.config.errors import ConfigError
+    from credential_sidecar.config.load import parse_config
 
     conn = {"name": "k", "type": "access-keys", "access_key_id": "AKIAIOSFODNN7EXAMPLE"}
     assert parse_config({"connections": [conn]}).daemon.ready_timeout_seconds == 60

@@ -11,7 +11,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from daemon import pki, signer
+from credential_sidecar.devtools import pki
+from credential_sidecar.upstream import sigv4_x509
 
 
 def test_rsa_vector_reproduced_byte_for_byte(vectors_dir: Path) -> None:
@@ -24,7 +25,7 @@ def test_rsa_vector_reproduced_byte_for_byte(vectors_dir: Path) -> None:
         x509.load_der_x509_certificate(base64.b64decode((vectors_dir / f).read_text()))
         for f in vec["chain_der_base64_files"]
     ]
-    signed = signer.sign_request(
+    signed = sigv4_x509.sign_request(
         method=vec["method"],
         url=vec["url"],
         headers=vec["headers"],
@@ -45,7 +46,7 @@ def test_rsa_vector_reproduced_byte_for_byte(vectors_dir: Path) -> None:
     assert signed.headers["Authorization"] == expected["authorization"]
 
 
-def _verify(cert: x509.Certificate, signed: signer.SignedRequest) -> None:
+def _verify(cert: x509.Certificate, signed: sigv4_x509.SignedRequest) -> None:
     signature = bytes.fromhex(signed.headers["Authorization"].rsplit("Signature=", 1)[1])
     public = cert.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
@@ -57,7 +58,7 @@ def test_ec_vector_certificate_signature_verifies(vectors_dir: Path) -> None:
     key = serialization.load_pem_private_key(
         (vectors_dir / "cert-ec-key.pem").read_bytes(), password=None
     )
-    signed = signer.sign_request(
+    signed = sigv4_x509.sign_request(
         method="POST",
         url="https://rolesanywhere.us-east-1.amazonaws.com/sessions",
         headers={"Content-Type": "application/json"},
@@ -79,7 +80,7 @@ def test_ec_vector_certificate_signature_verifies(vectors_dir: Path) -> None:
 def test_generated_keys_sign_and_verify(kind: str, tmp_path: Path) -> None:
     ca = pki.make_ca("test CA", key_type=kind)
     leaf = pki.make_leaf(ca, "leaf", key_type=kind)
-    signed = signer.sign_request(
+    signed = sigv4_x509.sign_request(
         method="POST",
         url="http://127.0.0.1:8443/sessions",
         headers={"Content-Type": "application/json"},
@@ -109,7 +110,7 @@ def test_generated_keys_sign_and_verify(kind: str, tmp_path: Path) -> None:
 
 
 def test_default_port_is_left_out_of_host() -> None:
-    assert signer.host_header("https://rolesanywhere.us-east-1.amazonaws.com:443/sessions") == (
+    assert sigv4_x509.host_header("https://rolesanywhere.us-east-1.amazonaws.com:443/sessions") == (
         "rolesanywhere.us-east-1.amazonaws.com"
     )
-    assert signer.host_header("http://[::1]:8080/x") == "[::1]:8080"
+    assert sigv4_x509.host_header("http://[::1]:8080/x") == "[::1]:8080"

@@ -10,18 +10,18 @@ import pytest
 import structlog
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from daemon.clock import FakeClock
-from daemon.config import AccessKeysConnection, parse_config
-from daemon.logs import SECRETS
-from daemon.sts import (
-    AccessKeySource,
-    KeyFacts,
-    credentials_from_response,
+from credential_sidecar.clock import FakeClock
+from credential_sidecar.config.load import parse_config
+from credential_sidecar.config.model import AccessKeysConnection
+from credential_sidecar.logs import SECRETS
+from credential_sidecar.upstream.access_keys import AccessKeySource, credentials_from_response
+from credential_sidecar.upstream.aws_clients import (
     error_from_botocore,
     error_from_client_error,
     side_endpoint,
 )
-from daemon.upstream import UpstreamError
+from credential_sidecar.upstream.base import UpstreamError
+from credential_sidecar.upstream.key_facts import KeyFacts
 
 KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -174,7 +174,7 @@ async def test_the_secret_is_re_read_when_its_file_changes(tmp_path: Path) -> No
     path.touch()
     with pytest.raises(UpstreamError) as caught:
         await source._long_term_secret()
-    assert caught.value.code == "IdentityError" and "has mode 0644" in caught.value.message
+    assert caught.value.code == "FileError" and "has mode 0644" in caught.value.message
     await source.close()
 
 

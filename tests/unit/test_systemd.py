@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon import systemd
-from daemon.activation import SocketPool, fd_names
-from daemon.config import Address
-from daemon.systemd import Notifier, listen_fds, watchdog_interval
+from credential_sidecar.config.values import Address
+from credential_sidecar.systemd import notify
+from credential_sidecar.systemd.activation import SocketPool, fd_names
+from credential_sidecar.systemd.notify import Notifier, listen_fds, watchdog_interval
 
 ACTIVATE = Path(__file__).resolve().parent.parent / "e2e" / "activate.py"
 
@@ -73,7 +73,7 @@ def test_status_is_kept_to_one_short_line(receiver: tuple[str, socket.socket]) -
     notifier = Notifier.from_env({"NOTIFY_SOCKET": path})
     notifier.status("x" * 1000)
     status = fields(sock.recv(4096))["STATUS"]
-    assert len(status) == systemd.STATUS_MAX and status.endswith("…")
+    assert len(status) == notify.STATUS_MAX and status.endswith("…")
     notifier.close()
 
 
@@ -122,7 +122,7 @@ def test_watchdog_interval_is_ours_only() -> None:
 
 PROBE = """
 import json, os, socket
-from daemon.systemd import listen_fds
+from credential_sidecar.systemd.notify import listen_fds
 got = listen_fds()
 print(json.dumps({
     "sockets": [[name, s.fileno(), s.getsockname()[1], os.get_inheritable(s.fileno())]

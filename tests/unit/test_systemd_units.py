@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import cli
-from daemon.config import DaemonSettings
+from credential_sidecar import cli
+from credential_sidecar.config.model import DaemonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"

@@ -1,0 +1,345 @@
+"""The configuration file: TOML in, validated frozen models out, every problem reported at once.
+
+Validation never opens the files the configuration names (certificates, keys, secrets): that is the
+loader's job at start-up, where permissions are checked too. Here we only check shape, so that
+``check-config`` runs anywhere and a typo is found before the daemon starts.
+
+Messages never contain the values that were written (pydantic's ``input_value`` included): a secret
+pasted into the wrong key must not end up in a terminal or a journal. The exceptions are connection
+names, which are not secret and which the messages need in order to be useful.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+)
+
+from credential_sidecar.arn import Arn
+from credential_sidecar.config.values import (
+    CREDENTIALS_PREFIXES,
+    EXTERNAL_ID_RE,
+    MAX_ROLE_DURATION,
+    MAX_SESSION_TOKEN_DURATION,
+    MIN_DURATION,
+    Address,
+    check_arn,
+    check_endpoint,
+    check_key_id,
+    check_name,
+    check_region,
+    check_session_name,
+    parse_address,
+)
+
+# --- small value types ---------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+def _not_empty(value: Any) -> Any:
+    if value == "":
+        raise ValueError("must not be empty")
+    return value
+
+
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths are relative to the configuration file, not to the daemon's cwd.
+
+    A path starting with ``$CREDENTIALS_DIRECTORY/`` names a systemd credential (LoadCredential=):
+    systemd does not expand the config file, so the daemon does. Without that variable (say,
+    check-config in a shell) the path stays as written, and opening it says what is missing.
+    """
+    text = str(value)
+    if text in (p.rstrip("/") for p in CREDENTIALS_PREFIXES):
+        raise ValueError("names the credentials directory itself; name a file in it")
+    for prefix in CREDENTIALS_PREFIXES:
+        if text.startswith(prefix):
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            return Path(directory) / text[len(prefix) :] if directory else value
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        return Path(base) / value
+    return value
+
+
+ConfigPath = Annotated[Path, BeforeValidator(_not_empty), AfterValidator(_resolve)]
+ListenAddress = Annotated[
+    Address,
+    PlainValidator(parse_address),
+    PlainSerializer(str, return_type=str, when_used="always"),
+]
+Region = Annotated[str, AfterValidator(check_region)]
+Endpoint = Annotated[str, AfterValidator(check_endpoint)]
+ConnectionName = Annotated[str, AfterValidator(check_name)]
+SessionName = Annotated[str, AfterValidator(check_session_name)]
+SystemId = Annotated[StrictInt, Field(ge=0, le=4294967294)]
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonSettings(_Model):
+    state_dir: ConfigPath = Path("/var/lib/credential-sidecar")
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    key_age_warning_days: Annotated[StrictInt, Field(ge=1)] = 90
+    # The AES-GCM key of the persistent credential cache (created 0600 if absent). Default:
+    # $CREDENTIALS_DIRECTORY/cache-key when systemd provides it, else <state_dir>/cache-key.
+    cache_key_file: ConfigPath | None = None
+    # Under systemd (Type=notify): READY=1 once every required connection is ready, or after this
+    # many seconds, whichever is first. Keep it below the unit's TimeoutStartSec= (90 s).
+    ready_timeout_seconds: Annotated[StrictInt, Field(ge=0, le=3600)] = 60
+
+
+class _Listener(_Model):
+    # Declared before `listen` because the check on `listen` reads it.
+    allow_non_loopback: StrictBool = False
+    listen: ListenAddress
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback_unless_allowed(cls, value: Address, info: ValidationInfo) -> Address:
+        """Credentials on a network interface are a deliberate choice, never a default."""
+        if not value.is_loopback and info.data.get("allow_non_loopback") is False:
+            raise ValueError(
+                "not a loopback address (127.0.0.0/8, ::1, localhost); set"
+                " allow_non_loopback = true on this listener to serve credentials beyond this host"
+            )
+        return value
+
+
+class ImdsListener(_Listener):
+    connection: str
+    allow_imdsv1: StrictBool = False
+
+
+class ContainerListener(_Listener):
+    pass
+
+
+class HealthListener(_Listener):
+    pass
+
+
+class ControlSettings(_Model):
+    socket: ConfigPath
+
+
+class _ConnectionBase(_Model):
+    name: ConnectionName
+    container_token_file: ConfigPath | None = None
+    allowed_uids: list[SystemId] = []
+    allowed_gids: list[SystemId] = []
+    notes: str = ""
+    optional: StrictBool = False
+
+
+class RolesAnywhereConnection(_ConnectionBase):
+    # Field order matters: validators below read fields declared before them via info.data.
+    type: Literal["roles-anywhere"]
+    certificate: ConfigPath
+    private_key: ConfigPath | None = Field(default=None, validate_default=True)
+    private_key_passphrase_file: ConfigPath | None = None
+    intermediates: ConfigPath | None = None
+    trust_anchor_arn: str
+    profile_arn: str
+    role_arn: str
+    region: str = Field(default=None, validate_default=True)  # type: ignore[assignment]
+    session_name: SessionName
+    duration_seconds: StrictInt = 3600
+    endpoint: Endpoint | None = None
+
+    @field_validator("private_key")
+    @classmethod
+    def _key_unless_pkcs12(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        cert = info.data.get("certificate")
+        if value is None and cert is not None and cert.suffix.lower() not in (".p12", ".pfx"):
+            raise ValueError("required unless certificate is a PKCS#12 bundle (.p12 or .pfx)")
+        return value
+
+    @field_validator("trust_anchor_arn")
+    @classmethod
+    def _trust_anchor(cls, value: str) -> str:
+        check_arn(value, ("rolesanywhere", "trust-anchor"))
+        return value
+
+    @field_validator("profile_arn")
+    @classmethod
+    def _profile(cls, value: str, info: ValidationInfo) -> str:
+        arn = check_arn(value, ("rolesanywhere", "profile"))
+        anchor = Arn.split(info.data.get("trust_anchor_arn") or "")
+        if anchor is not None and anchor.region != arn.region:
+            raise ValueError(
+                f"in region {arn.region} but trust_anchor_arn is in {anchor.region};"
+                " they must be in the same region"
+            )
+        if anchor is not None and anchor.partition != arn.partition:
+            raise ValueError("in a different partition from trust_anchor_arn")
+        return value
+
+    @field_validator("role_arn")
+    @classmethod
+    def _role(cls, value: str) -> str:
+        check_arn(value, ("iam", "role"))
+        return value
+
+    @field_validator("region", mode="plain")
+    @classmethod
+    def _region(cls, value: Any, info: ValidationInfo) -> str | None:
+        """Defaults to the trust anchor's region; CreateSession must go where the anchor lives."""
+        anchor = Arn.split(info.data.get("trust_anchor_arn") or "")
+        if value is None:
+            # None only when trust_anchor_arn is itself invalid: its own problem is reported.
+            return anchor.region if anchor is not None else None
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        check_region(value)
+        if anchor is not None and value != anchor.region:
+            raise ValueError(
+                f"{value} differs from the trust anchor's region {anchor.region};"
+                " leave region out or make them equal"
+            )
+        return value
+
+    @field_validator("duration_seconds")
+    @classmethod
+    def _duration(cls, value: int) -> int:
+        if not MIN_DURATION <= value <= MAX_ROLE_DURATION:
+            raise ValueError(f"must be between {MIN_DURATION} and {MAX_ROLE_DURATION}")
+        return value
+
+
+class AccessKeysConnection(_ConnectionBase):
+    # Field order matters: validators below read fields declared before them via info.data.
+    type: Literal["access-keys"]
+    access_key_id: str
+    secret_access_key_file: ConfigPath | None = None
+    role_arn: str | None = None
+    session_name: SessionName | None = None
+    external_id: str | None = None
+    region: Region = "us-east-1"
+    duration_seconds: StrictInt = 3600
+    endpoint: Endpoint | None = None
+    created: date | None = None
+
+    @field_validator("access_key_id")
+    @classmethod
+    def _key_id(cls, value: str) -> str:
+        """Never echoes the value: people paste the secret here by mistake."""
+        return check_key_id(value)
+
+    @field_validator("role_arn")
+    @classmethod
+    def _role(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_arn(value, ("iam", "role"))
+        return value
+
+    @field_validator("session_name", "external_id")
+    @classmethod
+    def _only_with_role(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Both go to AssumeRole; GetSessionToken would silently ignore them."""
+        if value is not None and "role_arn" in info.data and info.data["role_arn"] is None:
+            raise ValueError("only used with role_arn (AssumeRole)")
+        if info.field_name == "external_id" and value is not None:
+            if not EXTERNAL_ID_RE.match(value):
+                raise ValueError("must be 2 to 1224 letters, digits or +=,.@:/_-")
+        return value
+
+    @field_validator("duration_seconds")
+    @classmethod
+    def _duration(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("role_arn"):
+            if not MIN_DURATION <= value <= MAX_ROLE_DURATION:
+                raise ValueError(
+                    f"must be between {MIN_DURATION} and {MAX_ROLE_DURATION}"
+                    " with role_arn (AssumeRole)"
+                )
+        elif not MIN_DURATION <= value <= MAX_SESSION_TOKEN_DURATION:
+            raise ValueError(
+                f"must be between {MIN_DURATION} and {MAX_SESSION_TOKEN_DURATION} (GetSessionToken)"
+            )
+        return value
+
+
+Connection = Annotated[RolesAnywhereConnection | AccessKeysConnection, Field(discriminator="type")]
+
+
+class Config(_Model):
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    imds: list[ImdsListener] = []
+    container: ContainerListener | None = None
+    health: HealthListener | None = None
+    control: ControlSettings | None = None
+    connections: list[Connection] = Field(min_length=1)
+
+    _source: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> Path | None:
+        """The file this came from (None for parse_config)."""
+        return self._source
+
+    def connection(self, name: str) -> RolesAnywhereConnection | AccessKeysConnection:
+        for conn in self.connections:
+            if conn.name == name:
+                return conn
+        raise KeyError(f"no connection named {name!r}")
+
+
+# --- loading and error reporting -----------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+

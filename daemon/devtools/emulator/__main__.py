@@ -1,0 +1,3 @@
+from credential_sidecar.devtools.emulator.cli import main
+
+raise SystemExit(main())

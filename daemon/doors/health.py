@@ -1,0 +1,63 @@
+"""Health, readiness and status for probes and operators: never a secret."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from credential_sidecar.renewal.manager import CredentialManager
+from credential_sidecar.renewal.state import status_of
+
+
+class HealthApp:
+    def __init__(
+        self,
+        manager: CredentialManager,
+        required: Callable[[], list[str]],
+        describe: Callable[[str], dict[str, object]] | None = None,
+    ) -> None:
+        self.manager = manager
+        self.required = required
+        self.describe = describe
+        self.app = web.Application()
+        self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/readyz", self.readyz)
+        self.app.router.add_get("/status", self.status)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        # Answering at all proves the event loop runs.
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        problems = self.manager.problems(self.required())
+        # Serving the last good set while renewals fail is ready, but never silently so.
+        degraded = {
+            name: str(state.last_error)
+            for name, state in self.manager.states.items()
+            if state.last_error is not None and name not in problems
+        }
+        body: dict[str, object] = {"ready": not problems}
+        if problems:
+            body["not_ready"] = problems
+        if degraded:
+            body["degraded"] = degraded
+        return web.json_response(body, status=503 if problems else 200)
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response({"connections": status_rows(self.manager, self.describe)})
+
+
+def status_rows(
+    manager: CredentialManager, describe: Callable[[str], dict[str, object]] | None = None
+) -> list[dict[str, object]]:
+    """One row per connection, for /status and the control socket's status op."""
+    now = manager.clock.time()
+    rows = []
+    for name, state in manager.states.items():
+        due = manager.seconds_until_due(state)
+        row = status_of(state, now, manager.policy, due)
+        if describe:
+            row.update(describe(name))
+        rows.append(row)
+    return rows

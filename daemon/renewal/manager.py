@@ -1,0 +1,280 @@
+"""The credential manager: one proactive renewal schedule per connection.
+
+Rules (protocols.md section 5): renew at about half life with jitter so what
+clients are served keeps well above the SDKs' 900 s window; never serve a set
+with under ``min_serve_seconds`` left; on failure keep the last good set and
+retry with capped, jittered exponential backoff; one upstream call per
+connection at a time (each connection has exactly one task that calls it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Mapping
+
+from credential_sidecar.clock import Clock
+from credential_sidecar.credentials import Credentials, iso_z
+from credential_sidecar.logs import get_logger
+from credential_sidecar.renewal.schedule import Policy, backoff, refresh_point
+from credential_sidecar.renewal.state import USED_BY_LIMIT, ConnectionState, CredentialStore
+from credential_sidecar.upstream.base import CredentialSource, UpstreamError
+
+log = get_logger()
+
+
+
+
+
+
+class CredentialManager:
+    def __init__(
+        self,
+        sources: Mapping[str, CredentialSource],
+        clock: Clock,
+        *,
+        policy: Policy | None = None,
+        rng: random.Random | None = None,
+        store: CredentialStore | None = None,
+    ) -> None:
+        self.sources = dict(sources)
+        self.store = store
+        self.clock = clock
+        self.policy = policy or Policy()
+        self.rng = rng or random.Random()
+        self.states = {name: ConnectionState(name) for name in self.sources}
+        self._limit = asyncio.Semaphore(self.policy.max_concurrent_renewals)
+        self._turn = asyncio.Lock()  # see _take_turn
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._changed = asyncio.Event()
+        # Told how long each upstream call took (connection, seconds): metrics.
+        self.on_upstream: Callable[[str, float], None] | None = None
+
+    # -- what the doors ask -------------------------------------------------
+    def get(self, name: str) -> Credentials | None:
+        """The set to serve now, or None: never an expired or nearly expired one."""
+        state = self.states.get(name)
+        return state.servable(self.clock.time(), self.policy) if state else None
+
+    def record_use(self, name: str, door: str, peer: str = "") -> None:
+        """Remember who fetched a connection's set, per door and (where known) per peer."""
+        state = self.states.get(name)
+        if state is None:
+            return
+        entry = state.used_by.get((door, peer))
+        if entry is None:
+            if len(state.used_by) >= USED_BY_LIMIT:
+                oldest = min(state.used_by, key=lambda k: state.used_by[k][0])
+                del state.used_by[oldest]
+            entry = state.used_by[(door, peer)] = [0.0, 0]
+        entry[0] = self.clock.time()
+        entry[1] += 1
+
+    def problems(self, names: list[str] | None = None) -> dict[str, str]:
+        """Connections with nothing fresh to serve, and why."""
+        now = self.clock.time()
+        out: dict[str, str] = {}
+        for name in names if names is not None else list(self.states):
+            state = self.states[name]
+            if state.servable(now, self.policy) is None:
+                out[name] = str(state.last_error) if state.last_error else "no credentials yet"
+        return out
+
+    async def wait_ready(self, names: list[str] | None = None) -> None:
+        while self.problems(names):
+            self._changed.clear()
+            await self._changed.wait()
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        for name in list(self.sources):
+            await self._begin(name)
+
+    async def _begin(self, name: str) -> None:
+        await self._restore(name)
+        self._tasks[name] = asyncio.create_task(self._run(name), name=f"renew:{name}")
+
+    async def _end(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        source = self.sources.get(name)
+        if source is not None:
+            await source.close()
+
+    async def stop(self) -> None:
+        for name in list(self._tasks):
+            await self._end(name)
+
+    async def add(self, name: str, source: CredentialSource) -> None:
+        """Start serving a new (or changed) connection, from the cache if it still fits."""
+        if name in self.sources:
+            await self.remove(name)
+        self.sources[name] = source
+        self.states[name] = ConnectionState(name)
+        await self._begin(name)
+
+    async def remove(self, name: str) -> None:
+        await self._end(name)
+        self.sources.pop(name, None)
+        self.states.pop(name, None)
+        self._changed.set()
+
+    def refresh_now(self, name: str) -> None:
+        """Make a connection renew at once (new certificate, operator request)."""
+        state = self.states.get(name)
+        if state is not None:
+            state.next_attempt_mono = 0.0
+            state.refresh_remaining = float("inf")
+            state.wake.set()
+
+    async def _restore(self, name: str) -> None:
+        if self.store is None:
+            return
+        state, source = self.states[name], self.sources[name]
+        try:
+            binding = await source.binding()
+        except UpstreamError as error:
+            log.warning("cache not consulted", connection=name, reason=str(error))
+            return
+        creds = await self.store.load(name, binding)
+        if creds is None or creds.remaining(self.clock.time()) < self.policy.min_serve_seconds:
+            return
+        state.current, state.restored = creds, True
+        state.refresh_remaining = self._refresh_point(creds)
+        log.info(
+            "credentials restored from cache",
+            connection=name,
+            access_key_id=creds.access_key_id,
+            expires=iso_z(creds.expiration),
+            renew_in=round(max(0.0, self.seconds_until_due(state))),
+        )
+        self._changed.set()
+
+    # -- the schedule -----------------------------------------------------------
+    def seconds_until_due(self, state: ConnectionState) -> float:
+        """How long until this connection should call upstream (0 = now)."""
+        retry_wait = state.next_attempt_mono - self.clock.monotonic()
+        if state.current is None:
+            return max(0.0, retry_wait)
+        remaining = state.current.remaining(self.clock.time())
+        until_refresh = remaining - state.refresh_remaining
+        if state.failures:
+            return max(0.0, retry_wait)
+        return max(0.0, until_refresh)
+
+    def _refresh_point(self, creds: Credentials) -> float:
+        return refresh_point(creds, self.policy, self.rng)
+
+    def _backoff(self, state: ConnectionState, error: UpstreamError) -> float:
+        left = state.current.remaining(self.clock.time()) if state.current is not None else None
+        return backoff(state.failures, error, left, self.policy, self.rng)
+
+    async def _run(self, name: str) -> None:
+        state = self.states[name]
+        while True:
+            wait = self.seconds_until_due(state)
+            if wait > 0:
+                # At least 10 ms, so float rounding can never spin the loop short of the due time.
+                await self._nap(state, min(max(wait, 0.01), self.policy.tick_seconds))
+                continue
+            async with self._limit:
+                await self._take_turn()
+                await self.renew(name)
+
+    async def _take_turn(self) -> None:
+        """Let at most one renewal start per turn of the event loop.
+
+        When many renewals fall due at once (a cold start, a resumed host), starting them all in
+        one turn runs their CPU work back to back while requests wait; one per turn interleaves
+        them with serving. bench/renewing.py, 1000 connections renewing against an upstream that
+        answers at once: IMDS fetch p99 25-90 ms before, 15-20 ms after.
+        """
+        async with self._turn:
+            await asyncio.sleep(0)
+
+    async def _nap(self, state: ConnectionState, seconds: float) -> None:
+        """Sleep, unless woken early by refresh_now()."""
+        if state.wake.is_set():
+            state.wake.clear()
+            return
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        waker = asyncio.ensure_future(state.wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+        state.wake.clear()
+
+    async def renew(self, name: str) -> None:
+        """One upstream attempt for one connection, and what follows from it."""
+        state = self.states[name]
+        source = self.sources[name]
+        state.last_attempt = self.clock.time()
+        try:
+            creds = await self._timed_fetch(name, source)
+            if creds.remaining(self.clock.time()) < self.policy.min_serve_seconds:
+                raise UpstreamError("ShortLived", "upstream issued a set that is already expiring")
+        except UpstreamError as error:
+            self._failed(state, error)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not end the schedule
+            log.exception("renewal crashed", connection=name)
+            self._failed(state, UpstreamError("InternalError", repr(exc)))
+        else:
+            state.current, state.restored = creds, False
+            state.refresh_remaining = self._refresh_point(creds)
+            state.last_renewal = self.clock.time()
+            state.failures = 0
+            state.last_error = None
+            state.renewals["ok"] += 1
+            log.info(
+                "credentials renewed",
+                connection=name,
+                access_key_id=creds.access_key_id,
+                expires=iso_z(creds.expiration),
+                renew_in=round(creds.lifetime - state.refresh_remaining),
+            )
+            if self.store is not None:
+                await self._persist(name, source, creds)
+        self._changed.set()
+
+    async def _timed_fetch(self, name: str, source: CredentialSource) -> Credentials:
+        started = self.clock.monotonic()
+        try:
+            return await source.fetch()
+        finally:
+            if self.on_upstream is not None:
+                self.on_upstream(name, self.clock.monotonic() - started)
+
+    async def _persist(self, name: str, source: CredentialSource, creds: Credentials) -> None:
+        try:
+            await self.store.save(name, await source.binding(), creds)  # type: ignore[union-attr]
+        except UpstreamError as error:
+            log.warning("credentials not persisted", connection=name, reason=str(error))
+
+    def _failed(self, state: ConnectionState, error: UpstreamError) -> None:
+        state.failures += 1
+        state.last_error = error
+        state.last_error_at = self.clock.time()
+        state.renewals["error"] += 1
+        delay = self._backoff(state, error)
+        state.next_attempt_mono = self.clock.monotonic() + delay
+        serving = state.servable(self.clock.time(), self.policy)
+        log.warning(
+            "renewal failed",
+            connection=state.name,
+            error_code=error.code,
+            error=error.message,
+            retry_in=round(delay, 1),
+            still_serving_until=iso_z(serving.expiration) if serving else None,
+            hint="the service refused the request; retrying will not fix it until the cause is "
+            "fixed" if error.persistent else None,
+        )
+
+

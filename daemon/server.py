@@ -1,0 +1,370 @@
+"""The daemon assembled: config -> connections -> manager -> servers."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import aiohttp
+
+from credential_sidecar import logs
+from credential_sidecar.clock import Clock, clock_from_env
+from credential_sidecar.config.errors import ConfigError
+from credential_sidecar.config.load import load_config
+from credential_sidecar.config.model import (
+    AccessKeysConnection,
+    Config,
+    ImdsListener,
+    RolesAnywhereConnection,
+)
+from credential_sidecar.credentials import iso_z
+from credential_sidecar.doors.container import ALIASES as CONTAINER_ALIASES
+from credential_sidecar.doors.container import ContainerApp
+from credential_sidecar.doors.container_tokens import TokenBook
+from credential_sidecar.doors.control import ControlServer
+from credential_sidecar.doors.guards import HostGuard
+from credential_sidecar.doors.health import HealthApp, status_rows
+from credential_sidecar.doors.imds import ImdsApp, ImdsIdentity
+from credential_sidecar.doors.listener import Listener
+from credential_sidecar.doors.metrics import Metrics
+from credential_sidecar.files import FileError
+from credential_sidecar.renewal.manager import CredentialManager
+from credential_sidecar.renewal.schedule import Policy
+from credential_sidecar.state import pidfile
+from credential_sidecar.state.cache import CredentialCache, default_key_path, load_or_create_key
+from credential_sidecar.state.records import ConnectionRecords
+from credential_sidecar.systemd.activation import SocketPool
+from credential_sidecar.systemd.link import ServiceLink, install_test_hooks
+from credential_sidecar.systemd.notify import Notifier, listen_fds
+from credential_sidecar.upstream.access_keys import AccessKeySource
+from credential_sidecar.upstream.base import CredentialSource
+from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource, account_of
+
+log = logs.get_logger()
+Door = tuple[Any, Any, HostGuard | None]  # (aiohttp app, Address, host guard or None)
+
+
+class Daemon:
+    def __init__(
+        self, config: Config, *, clock: Clock | None = None, policy: Policy | None = None,
+        sockets: SocketPool | None = None,
+    ) -> None:
+        self.config = config
+        self.sockets = sockets or SocketPool()  # listening sockets systemd passed us, if any
+        self.clock = clock or clock_from_env()
+        self.policy = policy
+        self.listeners: list[Listener] = []
+        self.http: aiohttp.ClientSession | None = None
+        self.manager: CredentialManager | None = None
+        self.metrics: Metrics | None = None
+        self.tokens = TokenBook()  # container tokens, kept in sync with the connections
+        self.control: ControlServer | None = None
+        self.records = ConnectionRecords(config.daemon.state_dir)  # ids, created, modified
+
+    def _source(self, connection: object) -> CredentialSource:
+        if isinstance(connection, RolesAnywhereConnection):
+            return RolesAnywhereSource(connection, self.clock, http=self.http)
+        if isinstance(connection, AccessKeysConnection):
+            return AccessKeySource(connection, self.clock,
+                                   warn_after_days=self.config.daemon.key_age_warning_days)
+        raise TypeError(f"no credential source for {type(connection).__name__}")
+
+    def _required(self) -> list[str]:
+        return [c.name for c in self.config.connections if not c.optional]
+
+    def _describe(self, name: str) -> dict[str, object]:
+        c = self.config.connection(name)
+        row: dict[str, object] = {"type": c.type, "region": c.region, "notes": c.notes}
+        row.update(self.records.row(name))  # id, created, modified
+        row["role_arn"] = getattr(c, "role_arn", None)
+        source = self.manager.sources[name] if self.manager else None
+        if isinstance(source, RolesAnywhereSource):
+            identity = source.identity.current()
+            row["certificate_not_after"] = iso_z(identity.not_after) if identity else None
+        if isinstance(source, AccessKeySource):
+            row.update(source.describe())  # key id, key age, whose key
+        row["optional"] = c.optional
+        if self.config.container is not None and name in self.tokens.paths:
+            row["container_token_file"] = str(self.tokens.paths[name])
+        return row
+
+    def _store(self) -> CredentialCache | None:
+        state_dir = self.config.daemon.state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            key_file = self.config.daemon.cache_key_file or default_key_path(state_dir)
+            key = load_or_create_key(key_file)
+        except (OSError, FileError) as exc:
+            log.warning("credential cache disabled: sets will not survive a restart",
+                        error=str(exc))
+            return None
+        return CredentialCache(state_dir / "cache", key)
+
+    def _doors(self, config: Config) -> dict[str, tuple[object, Callable[[], Door]]]:
+        """Every listener the config asks for: door name -> (its settings, how to build it)."""
+        doors: dict[str, tuple[object, Callable[[], Door]]] = {}
+        for listener in config.imds:
+            doors[f"imds:{listener.connection}"] = (listener, partial(self._imds_door, listener))
+        if config.container is not None:
+            doors["container"] = (config.container, self._container_door)
+        if config.health is not None:
+            doors["health"] = (config.health, self._health_door)
+        return doors
+
+    def _container_door(self) -> Door:
+        assert self.config.container is not None
+        manager = self._manager()
+        self.tokens.sync(self.config.connections, self.config.daemon.state_dir)
+        guard = HostGuard(self.config.container.listen.host, aliases=CONTAINER_ALIASES)
+        container = ContainerApp(self.tokens, manager.get, guard,
+                                 on_served=lambda name: manager.record_use(name, "container"))
+        return container.app, self.config.container.listen, guard
+
+    def _imds_door(self, listener: ImdsListener) -> Door:
+        manager = self._manager()
+        conn = self.config.connection(listener.connection)
+        guard = HostGuard(listener.listen.host, aliases=("169.254.169.254",))
+        name = conn.name
+        imds = ImdsApp(
+            ImdsIdentity(name, conn.region, account_of(getattr(conn, "role_arn", None) or "")),
+            lambda: manager.get(name),
+            self.clock,
+            guard,
+            allow_imdsv1=listener.allow_imdsv1,
+            on_served=lambda _req: manager.record_use(name, f"imds:{name}"),
+        )
+        return imds.app, listener.listen, guard
+
+    def _health_door(self) -> Door:
+        assert self.config.health is not None
+        health = HealthApp(self._manager(), self._required, self._describe)
+        health.app.router.add_get("/metrics", self._metrics().handle)
+        return health.app, self.config.health.listen, None
+
+    def _metrics(self) -> Metrics:
+        assert self.metrics is not None, "metrics are built with the manager"
+        return self.metrics
+
+    def _control_status(self) -> dict[str, object]:
+        """The control socket's status op: /status rows plus readiness."""
+        problems = self._manager().problems(self._required())
+        return {"ready": not problems, "not_ready": problems,
+                "connections": status_rows(self._manager(), self._describe)}
+
+    def _grantee(self, name: str) -> Any:
+        try:
+            return self.config.connection(name)
+        except KeyError:
+            return None
+
+    async def _start_control(self) -> None:
+        if self.config.control is None:
+            return
+        self.control = ControlServer(self.config.control.socket, self._manager(), self._grantee,
+                                     self._control_status, on_answer=self._metrics().count)
+        await self.control.start()
+
+    async def _stop_control(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
+            self.control = None
+
+    def _manager(self) -> CredentialManager:
+        assert self.manager is not None, "the manager is built before any door"
+        return self.manager
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.records.sync, self.config.connections, self.clock.time())
+        self.http = aiohttp.ClientSession()
+        sources = {c.name: self._source(c) for c in self.config.connections}
+        self.manager = CredentialManager(
+            sources, self.clock, policy=self.policy, store=self._store()
+        )
+        self.metrics = Metrics(self.manager, self._describe)
+        self.manager.on_upstream = self.metrics.observe_upstream
+        doors = self._doors(self.config)
+        listens = {door: spec.listen for door, (spec, _) in doors.items()}  # type: ignore[attr-defined]
+        self.sockets.assign(listens)
+        for door, (_, build) in doors.items():
+            await self._listen(door, *build())
+        self.sockets.release_unclaimed()
+        await self._start_control()
+        await self.manager.start()
+
+    async def _listen(self, door, app, address, guard: HostGuard | None) -> None:  # type: ignore[no-untyped-def]
+        sock = self.sockets.socket_for(door, address)
+        self._metrics().attach(door, app)
+        listener = Listener(door, app, address.host, address.port, sock=sock)
+        self.listeners.append(listener)
+        port = await listener.start()
+        if guard is not None:
+            guard.port = port
+
+    async def reload(self, config: Config) -> None:
+        """Apply a new config: unchanged connections keep their sets and schedules."""
+        manager = self._manager()
+        # Records first, so /status never shows the new settings with the old modified time.
+        await asyncio.to_thread(self.records.sync, config.connections, self.clock.time())
+        old, self.config = self.config, config
+        if config.daemon.state_dir != old.daemon.state_dir:
+            log.warning("state_dir changes take effect at the next restart")
+        logs.configure(config.daemon.log_format, config.daemon.log_level)
+        before = {c.name: c for c in old.connections}
+        after = {c.name: c for c in config.connections}
+        for name in before.keys() - after.keys():
+            await manager.remove(name)
+            log.info("connection removed", connection=name)
+        for name, conn in after.items():
+            if await self._rekeyed(before.get(name), conn):
+                continue
+            if before.get(name) != conn:
+                await manager.add(name, self._source(conn))
+                log.info("connection started" if name not in before else "connection changed",
+                         connection=name)
+            else:
+                await self._recheck_identity(name)
+        old_doors, new_doors = self._doors(old), self._doors(config)
+        for listener in list(self.listeners):
+            spec = new_doors.get(listener.door)
+            if spec is None or spec[0] != old_doors.get(listener.door, (None,))[0]:
+                await listener.stop()
+                self.listeners.remove(listener)
+        running = {listener.door for listener in self.listeners}
+        for door, (_, build) in new_doors.items():
+            if door not in running:
+                await self._listen(door, *build())
+        if config.container is not None and "container" in running:
+            self.tokens.sync(config.connections, config.daemon.state_dir)  # new, changed files
+        if config.control != old.control:
+            await self._stop_control()
+            await self._start_control()
+
+    async def _rekeyed(self, before: object, after: object) -> bool:
+        """A new long-term key for an access-keys connection (rotate-keys): keep serving the
+        current set, renew with the new key at once. Other changes restart the connection."""
+        if not (isinstance(before, AccessKeysConnection)
+                and isinstance(after, AccessKeysConnection) and before != after):
+            return False
+        key_fields = {"access_key_id", "secret_access_key_file", "created"}
+        if before.model_copy(update={k: getattr(after, k) for k in key_fields}) != after:
+            return False
+        source = self._manager().sources.get(after.name)
+        if not isinstance(source, AccessKeySource):
+            return False
+        await source.update(after)
+        self._manager().refresh_now(after.name)
+        log.info("access key changed, renewing with it", connection=after.name,
+                 access_key_id=after.access_key_id)
+        return True
+
+    async def _recheck_identity(self, name: str) -> None:
+        """Re-read certificate files; a new certificate gets a new set at once."""
+        source = self._manager().sources.get(name)
+        if isinstance(source, AccessKeySource):
+            if await source.secret_changed():
+                log.info("secret access key file changed on disk, renewing", connection=name)
+                self._manager().refresh_now(name)
+            return
+        if not isinstance(source, RolesAnywhereSource):
+            return
+        before = source.identity.current()
+        try:
+            now = await source.identity.get()
+        except FileError as exc:
+            log.warning("certificate files unreadable, keeping the current set", connection=name,
+                        error=str(exc))
+            return
+        if before is None or before.fingerprint() != now.fingerprint():
+            log.info("certificate changed on disk, renewing", connection=name, serial=now.serial)
+            self._manager().refresh_now(name)
+
+    def url(self, door: str) -> str:
+        return next(listener.url for listener in self.listeners if listener.door == door)
+
+    async def stop(self) -> None:
+        await self._stop_control()
+        for listener in self.listeners:
+            await listener.stop()
+        if self.manager is not None:
+            await self.manager.stop()
+        if self.http is not None:
+            await self.http.close()
+        self.sockets.close()
+
+
+async def serve(
+    config: Config, config_path: str | None = None, *, notifier: Notifier | None = None
+) -> int:
+    notifier = notifier or Notifier.from_env()
+    stop = asyncio.Event()
+    hangup = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
+    install_test_hooks(loop)
+    daemon = Daemon(config, sockets=SocketPool(listen_fds()))
+    try:
+        await daemon.start()
+    except OSError as exc:
+        log.error("cannot start", error=str(exc))
+        await daemon.stop()
+        return 1
+    link = ServiceLink(notifier, daemon._manager(), daemon._required,
+                       ready_timeout=config.daemon.ready_timeout_seconds)
+    link.start()
+    pid_file = pidfile.write(config.daemon.state_dir)  # how rotate-keys finds us to reload
+    while not stop.is_set():
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hangup.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        if hangup.is_set() and not stop.is_set():
+            hangup.clear()
+            link.reloading()
+            link.reloaded(await _reload(daemon, config_path))
+    log.info("stopping")
+    link.stopping()
+    pidfile.remove(pid_file)
+    await link.close()
+    await daemon.stop()
+    log.info("stopped")
+    return 0
+
+
+async def _reload(daemon: Daemon, config_path: str | None) -> str | None:
+    """SIGHUP: a config that does not validate is refused and the old one keeps serving.
+
+    Returns what went wrong, in a few words for systemd's STATUS=, or None.
+    """
+    if config_path is None:
+        log.warning("reload requested but the daemon was not started from a file")
+        return "reload ignored: not started from a file"
+    log.info("reloading", config=config_path)
+    try:
+        config = await asyncio.to_thread(load_config, config_path)
+    except ConfigError as exc:
+        log.error("reload refused: the new config is invalid; still serving the old one",
+                  problems=exc.problems)
+        return f"reload refused: config invalid ({len(exc.problems)} problem(s))"
+    try:
+        await daemon.reload(config)
+    except OSError as exc:
+        log.error("reload incomplete: a listener could not start", error=str(exc))
+        return "reload incomplete: a listener could not start"
+    log.info("reloaded", connections=len(config.connections))
+    return None
+
+
+def run(config_path: str) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    logs.configure(config.daemon.log_format, config.daemon.log_level)
+    return asyncio.run(serve(config, config_path))

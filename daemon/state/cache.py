@@ -1,0 +1,129 @@
+"""The persistent credential cache: sets survive restarts, never in the clear.
+
+Each connection's current set is sealed with AES-GCM under a key kept in its own
+0600 file (or a systemd credential). The associated data binds the file to the
+connection's name and identity (role, certificate, key id ...), so a changed
+role or certificate, a renamed connection or another host's file fails to open
+and is ignored rather than served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from credential_sidecar.credentials import Credentials, iso_z, parse_time
+from credential_sidecar.files import FileError, atomic_write, check_private_file
+from credential_sidecar.logs import SECRETS, get_logger
+
+log = get_logger()
+MAGIC = b"CSC1"
+NONCE = 12
+KEY_NAME = "cache-key"
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """A 32-byte key from a private file, created (0600) on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Linked into place whole: a full disk or a crash never leaves a short key behind.
+        atomic_write(path, secrets.token_bytes(32), replace=False)
+        log.info("cache key created", path=str(path))
+    check_private_file(path, "cache key")
+    key = path.read_bytes()
+    if len(key) != 32:
+        raise FileError(f"cache key {path} must hold exactly 32 bytes (it has {len(key)})")
+    return key
+
+
+def default_key_path(state_dir: Path) -> Path:
+    creds_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds_dir and (Path(creds_dir) / KEY_NAME).exists():
+        return Path(creds_dir) / KEY_NAME
+    return state_dir / KEY_NAME
+
+
+def _aad(name: str, binding: str) -> bytes:
+    return b"credential-sidecar cache v1\0" + name.encode() + b"\0" + binding.encode()
+
+
+def seal(key: bytes, name: str, binding: str, creds: Credentials) -> bytes:
+    document = {
+        "access_key_id": creds.access_key_id,
+        "secret_access_key": creds.secret_access_key,
+        "session_token": creds.session_token,
+        "expiration": iso_z(creds.expiration),
+        "issued_at": iso_z(creds.issued_at),
+        "account_id": creds.account_id,
+    }
+    nonce = secrets.token_bytes(NONCE)
+    sealed = AESGCM(key).encrypt(nonce, json.dumps(document).encode(), _aad(name, binding))
+    return MAGIC + nonce + sealed
+
+
+def unseal(key: bytes, name: str, binding: str, blob: bytes) -> Credentials:
+    """Raises ValueError for anything that is not our own intact file for this binding."""
+    if len(blob) < len(MAGIC) + NONCE + 16 or not blob.startswith(MAGIC):
+        raise ValueError("not a credential-sidecar cache file (truncated or foreign)")
+    nonce = blob[len(MAGIC) : len(MAGIC) + NONCE]
+    try:
+        plain = AESGCM(key).decrypt(nonce, blob[len(MAGIC) + NONCE :], _aad(name, binding))
+    except InvalidTag:
+        raise ValueError(
+            "does not open with this key for this connection's current identity "
+            "(corrupt, from another host, or the role or certificate changed)"
+        ) from None
+    doc = json.loads(plain)
+    SECRETS.add(doc["secret_access_key"], doc["session_token"])
+    return Credentials(
+        access_key_id=doc["access_key_id"],
+        secret_access_key=doc["secret_access_key"],
+        session_token=doc["session_token"],
+        expiration=parse_time(doc["expiration"]),
+        issued_at=parse_time(doc["issued_at"]),
+        account_id=doc.get("account_id"),
+    )
+
+
+class CredentialCache:
+    def __init__(self, directory: Path, key: bytes) -> None:
+        self.directory = directory
+        self._key = key
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.cred"
+
+    def _write(self, name: str, blob: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(self.path(name), blob)
+
+    async def save(self, name: str, binding: str, creds: Credentials) -> None:
+        blob = seal(self._key, name, binding, creds)
+        try:
+            await asyncio.to_thread(self._write, name, blob)
+        except OSError as exc:
+            log.warning("cannot persist credentials", connection=name, error=str(exc))
+
+    async def load(self, name: str, binding: str) -> Credentials | None:
+        path = self.path(name)
+        try:
+            blob = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cache file unreadable, ignored", connection=name, error=str(exc))
+            return None
+        try:
+            return unseal(self._key, name, binding, blob)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("cache file ignored", connection=name, path=str(path), reason=str(exc))
+            return None
+
+    def forget(self, name: str) -> None:
+        self.path(name).unlink(missing_ok=True)

@@ -1,0 +1,176 @@
+"""IAM Roles Anywhere CreateSession over aiohttp, signed with SigV4-X509."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+from credential_sidecar.arn import Arn
+from credential_sidecar.clock import Clock, utc
+from credential_sidecar.config.model import RolesAnywhereConnection
+from credential_sidecar.credentials import Credentials, parse_time
+from credential_sidecar.files import FileError
+from credential_sidecar.logs import SECRETS
+from credential_sidecar.upstream.base import UpstreamError, digest
+from credential_sidecar.upstream.certificate import Identity, IdentitySource
+from credential_sidecar.upstream.sigv4_x509 import sign_request
+
+SERVICE = "rolesanywhere"
+
+
+def default_endpoint(region: str) -> str:
+    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"https://rolesanywhere.{region}.{suffix}"
+
+
+def account_of(role_arn: str) -> str | None:
+    arn = Arn.split(role_arn)
+    return arn.account if arn and arn.account else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def error_from_response(status: int, headers: Any, text: str) -> UpstreamError:
+    """Keep the service's own error type and message verbatim, as the seed docs promise."""
+    code = (headers.get("X-Amzn-ErrorType") or "").split(":", 1)[0]
+    message = ""
+    try:
+        body = json.loads(text) if text else {}
+    except ValueError:
+        body = {}
+    if isinstance(body, dict):
+        code = code or str(body.get("code") or body.get("__type") or "").rsplit("#", 1)[-1]
+        message = str(body.get("message") or body.get("Message") or "")
+    if not code:
+        code = "ThrottlingException" if status == 429 else f"HTTP{status}"
+    if not message:
+        message = text.strip()[:300] or "no message in the response"
+    return UpstreamError(code, message, status, _retry_after(headers.get("Retry-After")))
+
+
+def credentials_from_body(text: str, issued_at: float, account_id: str | None) -> Credentials:
+    """A 2xx without a usable set is an error, never an empty success."""
+    try:
+        body = json.loads(text)
+        creds = body["credentialSet"][0]["credentials"]
+        access_key, secret, token = (
+            creds["accessKeyId"], creds["secretAccessKey"], creds["sessionToken"]
+        )
+        SECRETS.add(secret, token)
+        expiration = parse_time(creds["expiration"])
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise UpstreamError(
+            "MalformedResponse", f"CreateSession answered without a usable credential set ({exc!r})"
+        ) from None
+    if not (access_key and secret and token):
+        raise UpstreamError("MalformedResponse", "CreateSession answered with empty credentials")
+    return Credentials(
+        access_key_id=access_key,
+        secret_access_key=secret,
+        session_token=token,
+        expiration=expiration,
+        issued_at=utc(issued_at),
+        account_id=account_id,
+    )
+
+
+class RolesAnywhereSource:
+    def __init__(
+        self,
+        connection: RolesAnywhereConnection,
+        clock: Clock,
+        *,
+        identity: IdentitySource | None = None,
+        http: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.name = connection.name
+        self.connection = connection
+        self.clock = clock
+        self.identity = identity or IdentitySource(
+            certificate=connection.certificate,
+            private_key=connection.private_key,
+            passphrase_file=connection.private_key_passphrase_file,
+            intermediates=connection.intermediates,
+        )
+        self.url = (connection.endpoint or default_endpoint(connection.region)).rstrip("/")
+        self.url += "/sessions"
+        self._http = http
+        self._own_http = http is None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+            self._own_http = True
+        return self._http
+
+    def request_body(self) -> bytes:
+        c = self.connection
+        return json.dumps(
+            {
+                "durationSeconds": c.duration_seconds,
+                "profileArn": c.profile_arn,
+                "roleArn": c.role_arn,
+                "trustAnchorArn": c.trust_anchor_arn,
+                "roleSessionName": c.session_name,
+            }
+        ).encode()
+
+    async def _identity(self) -> Identity:
+        try:
+            return await self.identity.get()
+        except FileError as exc:
+            raise UpstreamError("FileError", str(exc)) from None
+
+    async def binding(self) -> str:
+        identity = await self._identity()
+        c = self.connection
+        return digest(
+            c.type, c.trust_anchor_arn, c.profile_arn, c.role_arn, c.region, c.session_name,
+            c.duration_seconds, self.url, identity.fingerprint(),
+        )
+
+    async def fetch(self) -> Credentials:
+        identity = await self._identity()
+        body = self.request_body()
+        now = self.clock.time()
+        signed = sign_request(
+            method="POST",
+            url=self.url,
+            headers={"Content-Type": "application/json"},
+            body=body,
+            region=self.connection.region,
+            service=SERVICE,
+            when=utc(now),
+            certificate=identity.certificate,
+            private_key=identity.private_key,
+            chain=identity.chain,
+        )
+        try:
+            async with self._session().post(
+                self.url, data=body, headers=signed.headers, timeout=self._timeout
+            ) as response:
+                text = await response.text()
+                status, headers = response.status, response.headers
+        except TimeoutError:
+            raise UpstreamError("Timeout", f"no answer from {self.url} in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("ConnectionError", f"{self.url}: {exc}") from None
+        if not 200 <= status < 300:
+            raise error_from_response(status, headers, text)
+        return credentials_from_body(text, now, account_of(self.connection.role_arn))
+
+    async def close(self) -> None:
+        if self._own_http and self._http is not None:
+            await self._http.close()
+
+
+__all__ = ["RolesAnywhereSource", "default_endpoint"]
