@@ -1,7 +1,7 @@
 """What the benchmarks share: the machine, the processes under test, wrk, and results.
 
 The daemon and the emulator are started as real processes by the end-to-end tests' harness
-(``tests/e2e/harness.py``), exactly as the tests start them. Load comes from ``wrk`` (Debian's
+(``tests/helpers/harness.py``), exactly as the tests start them. Load comes from ``wrk`` (Debian's
 package) in its own process, pinned to its own CPU where the machine has one to spare.
 """
 
@@ -25,9 +25,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # for tests.e2e.harness
+    sys.path.insert(0, str(ROOT))  # for tests.helpers.harness
 
-from tests.e2e import harness as h  # noqa: E402
+from tests.helpers import harness as h  # noqa: E402
 
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"

@@ -5,12 +5,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-VECTORS = SHARED / "vectors" / "sigv4-x509"
+VECTORS = ROOT / "tests" / "vectors" / "sigv4-x509"
 
 
 @pytest.fixture
 def vectors_dir() -> Path:
     if not VECTORS.is_dir():
-        pytest.fail(f"test vectors not found at {VECTORS}: shared/ must sit beside the repo")
+        pytest.fail(f"test vectors not found at {VECTORS}")
     return VECTORS

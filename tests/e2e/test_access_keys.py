@@ -17,9 +17,9 @@ import pytest
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e import fake_aws as fa
-from tests.e2e import harness as h
-from tests.e2e.test_sdk_clients import BOTO3_SNIPPET, imds_env
+from tests.helpers import fake_aws as fa
+from tests.helpers import harness as h
+from tests.helpers.sdk import BOTO3_SNIPPET, imds_env
 
 BUCKET = "vended-bucket"
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.e2e import harness as h
-from tests.e2e.test_sdk_clients import BOTO3_SNIPPET, imds_env, issued_by
+from tests.helpers import harness as h
+from tests.helpers.sdk import BOTO3_SNIPPET, imds_env, issued_by
 
 ROOT = Path(__file__).resolve().parents[2]
 JS_DIR = ROOT / "tests" / "js"

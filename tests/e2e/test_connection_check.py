@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import fake_aws as fa
-from tests.e2e import harness as h
+from tests.helpers import fake_aws as fa
+from tests.helpers import harness as h
 
 BUCKETS = ("first-bucket", "second-bucket")
 

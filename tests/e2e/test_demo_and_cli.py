@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e import harness as h
-from tests.e2e.test_sdk_clients import BOTO3_SNIPPET, imds_env
+from tests.helpers import harness as h
+from tests.helpers.sdk import BOTO3_SNIPPET, imds_env
 
 
 def test_demo_serves_boto3_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

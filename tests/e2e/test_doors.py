@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e import harness as h
+from tests.helpers import harness as h
 
 NOBODY = 65534  # nobody / nogroup
 STRANGER = 12345  # a uid and gid nothing on the host grants anything

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from credential_sidecar.client import ask
 from credential_sidecar.devtools import pki
-from tests.e2e import harness as h
-from tests.e2e.test_sdk_clients import BOTO3_SNIPPET, imds_env
+from tests.helpers import harness as h
+from tests.helpers.sdk import BOTO3_SNIPPET, imds_env
 
 CANARY_PASSPHRASE = "canary-passphrase-5f1d2c9e7b"
 

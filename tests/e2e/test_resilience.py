@@ -23,7 +23,7 @@ from typing import Any
 from botocore.utils import InstanceMetadataFetcher
 
 from credential_sidecar.devtools import pki
-from tests.e2e import harness as h
+from tests.helpers import harness as h
 
 STEP = 15.0  # seconds of offset per time-machine step; also the slack of every time check
 DURATION = 3600

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e import fake_aws as fa
-from tests.e2e import harness as h
+from tests.helpers import fake_aws as fa
+from tests.helpers import harness as h
 
 TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 CREDS = "latest/meta-data/iam/security-credentials/"

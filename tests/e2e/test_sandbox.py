@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import harness as h
+from tests.helpers import harness as h
 
-MDWE = [sys.executable, str(Path(__file__).with_name("mdwe.py"))]
+MDWE = [sys.executable, str(Path(__file__).resolve().parent.parent / "helpers" / "mdwe.py")]
 WX_MAP = ("import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE"
           " | mmap.PROT_EXEC)")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import harness as h
+from tests.helpers import harness as h
 
 
 @contextmanager

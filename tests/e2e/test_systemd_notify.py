@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e import harness as h
+from tests.helpers import harness as h
 
 SO_TIMESTAMPNS = 35  # Linux, asm-generic (x86-64, arm64): not exported by the socket module
 WATCHDOG_USEC = 1_000_000  # keep-alives every 0.5 s; systemd would act after 1 s of silence

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.clock import utc
 from credential_sidecar.credentials import Credentials
 from credential_sidecar.files import FileError
 from credential_sidecar.renewal.manager import CredentialManager
 from credential_sidecar.state.cache import CredentialCache, load_or_create_key, seal
-from tests.unit.test_manager import FakeSource
+from credential_sidecar.testing import FakeClock, FakeSource
 
 NOW = 1_800_000_000.0
 

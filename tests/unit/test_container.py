@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.clock import utc
 from credential_sidecar.credentials import Credentials
 from credential_sidecar.doors.container import ALIASES, ContainerApp
 from credential_sidecar.doors.container_tokens import (
@@ -24,6 +24,7 @@ from credential_sidecar.doors.container_tokens import (
 )
 from credential_sidecar.doors.guards import HostGuard
 from credential_sidecar.logs import SECRETS
+from credential_sidecar.testing import FakeClock
 
 
 @dataclass(frozen=True)

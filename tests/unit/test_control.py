@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from credential_sidecar.client import Unreachable, ask, socket_from_config
-from credential_sidecar.clock import FakeClock
 from credential_sidecar.doors.control import ControlServer, Peer, admits, bind_socket, peer_of
 from credential_sidecar.renewal.manager import CredentialManager
-from tests.unit.test_manager import FakeSource
+from credential_sidecar.testing import FakeClock, FakeSource
 
 
 @dataclass(frozen=True)

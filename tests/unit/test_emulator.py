@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.clock import utc
 from credential_sidecar.devtools import pki
 from credential_sidecar.devtools.emulator.cli import (
     DEFAULT_PROFILE_ARN,
@@ -35,6 +35,7 @@ from credential_sidecar.devtools.emulator.cli import (
 )
 from credential_sidecar.devtools.emulator.faults import Faults
 from credential_sidecar.devtools.emulator.server import Emulator, Profile
+from credential_sidecar.testing import FakeClock
 from credential_sidecar.upstream import sigv4_x509
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import json
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.clock import utc
 from credential_sidecar.credentials import Credentials
 from credential_sidecar.doors.guards import HostGuard
 from credential_sidecar.doors.imds import (
@@ -16,6 +16,7 @@ from credential_sidecar.doors.imds import (
     ImdsApp,
     ImdsIdentity,
 )
+from credential_sidecar.testing import FakeClock
 
 
 def _creds(clock: FakeClock, key_id: str) -> Credentials:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from credential_sidecar.clock import FakeClock
 from credential_sidecar.doors.imds import TokenSealer
+from credential_sidecar.testing import FakeClock
 
 
 def test_token_expires_after_its_ttl() -> None:

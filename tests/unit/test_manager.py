@@ -3,49 +3,14 @@
 from __future__ import annotations
 
 import random
-import secrets
 
 import pytest
 
-from credential_sidecar.clock import FakeClock, utc
 from credential_sidecar.credentials import Credentials
 from credential_sidecar.renewal.manager import CredentialManager
 from credential_sidecar.renewal.schedule import Policy
+from credential_sidecar.testing import FakeClock, FakeSource
 from credential_sidecar.upstream.base import UpstreamError
-
-
-class FakeSource:
-    """An upstream that issues sets of a fixed lifetime, and can be switched off."""
-
-    def __init__(self, clock: FakeClock, lifetime: int, name: str = "conn") -> None:
-        self.name = name
-        self.clock = clock
-        self.lifetime = lifetime
-        self.calls = 0
-        self.failing: UpstreamError | None = None
-        self.issued: list[Credentials] = []
-
-    async def fetch(self) -> Credentials:
-        self.calls += 1
-        if self.failing is not None:
-            raise self.failing
-        now = self.clock.time()
-        creds = Credentials(
-            access_key_id="ASIA" + secrets.token_hex(8).upper(),
-            secret_access_key=secrets.token_urlsafe(30),
-            session_token=secrets.token_urlsafe(60),
-            expiration=utc(now + self.lifetime),
-            issued_at=utc(now),
-        )
-        self.issued.append(creds)
-        return creds
-
-    async def binding(self) -> str:
-        return "fake-binding"
-
-    async def close(self) -> None:
-        return None
-
 
 OUTAGE = UpstreamError("InternalServerException", "upstream down", 503)
 

@@ -6,12 +6,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.clock import utc
 from credential_sidecar.credentials import iso_z
 from credential_sidecar.doors.metrics import Metrics
 from credential_sidecar.renewal.manager import CredentialManager
+from credential_sidecar.testing import FakeClock, FakeSource
 from credential_sidecar.upstream.base import UpstreamError
-from tests.unit.test_manager import FakeSource
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

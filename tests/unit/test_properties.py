@@ -14,15 +14,15 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.clock import utc
 from credential_sidecar.credentials import Credentials
 from credential_sidecar.doors.container import ContainerApp
 from credential_sidecar.doors.container_tokens import TokenBook
 from credential_sidecar.doors.guards import HostGuard
 from credential_sidecar.doors.imds import ImdsApp, ImdsIdentity
 from credential_sidecar.renewal.manager import CredentialManager
+from credential_sidecar.testing import FakeClock, FakeSource
 from credential_sidecar.upstream.base import UpstreamError
-from tests.unit.test_manager import FakeSource
 
 ERRORS = st.sampled_from([
     UpstreamError("InternalServerException", "down", 503),

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from credential_sidecar.clock import FakeClock, utc
+from credential_sidecar.clock import utc
 from credential_sidecar.credentials import Credentials
 from credential_sidecar.renewal.manager import CredentialManager
 from credential_sidecar.systemd.link import ServiceLink, summary
 from credential_sidecar.systemd.notify import Notifier
+from credential_sidecar.testing import FakeClock
 from credential_sidecar.upstream.base import UpstreamError
 
 

@@ -10,10 +10,10 @@ import pytest
 import structlog
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from credential_sidecar.clock import FakeClock
 from credential_sidecar.config.load import parse_config
 from credential_sidecar.config.model import AccessKeysConnection
 from credential_sidecar.logs import SECRETS
+from credential_sidecar.testing import FakeClock
 from credential_sidecar.upstream.access_keys import AccessKeySource, credentials_from_response
 from credential_sidecar.upstream.aws_clients import (
     error_from_botocore,

@@ -20,7 +20,7 @@ from credential_sidecar.systemd import notify
 from credential_sidecar.systemd.activation import SocketPool, fd_names
 from credential_sidecar.systemd.notify import Notifier, listen_fds, watchdog_interval
 
-ACTIVATE = Path(__file__).resolve().parent.parent / "e2e" / "activate.py"
+ACTIVATE = Path(__file__).resolve().parent.parent / "helpers" / "activate.py"
 
 
 @pytest.fixture

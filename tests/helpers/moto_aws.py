@@ -1,6 +1,6 @@
 """moto in server mode, as a real process, a little closer to AWS where our tests depend on it.
 
-Run as ``python -m tests.e2e.moto_aws --port-file FILE``. Stock moto answers GetSessionToken
+Run as ``python -m tests.helpers.moto_aws --port-file FILE``. Stock moto answers GetSessionToken
 with one fixed example set (an ``AKIA...`` id, the same for everyone) that its own IAM checks
 then reject, and it keeps honouring deactivated keys. Real AWS does neither, and the daemon's
 tests are about exactly those behaviours, so this launcher adjusts moto in three places:

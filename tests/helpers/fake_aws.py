@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 
 from credential_sidecar.upstream import secret_file
-from tests.e2e import harness as h
+from tests.helpers import harness as h
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"  # moto's default account
@@ -127,7 +127,7 @@ def moto_server(tmp: Path) -> Iterator[FakeAws]:
     port_file = tmp / "moto.port"
     log = tmp / "moto.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.e2e.moto_aws", "--port-file",
+        proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.moto_aws", "--port-file",
                                  str(port_file)], stdout=out, stderr=subprocess.STDOUT,
                                 cwd=str(ROOT), env=h.clean_env())
     process = h.Process(proc, log)

@@ -1,0 +1,1 @@
+"""Shared test doubles, harnesses and scripts: imported by tests, never tests themselves."""
