@@ -49,8 +49,9 @@ def rewrite(text: str, name: str, key_id: str, created: date | None = None) -> s
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigEditError(f"not valid TOML: {exc}") from None
-    connections = document.get("connections")
-    names = [c.get("name") for c in connections] if isinstance(connections, list) else []
+    found = document.get("connections")
+    connections: list[Any] = found if isinstance(found, list) else []
+    names = [c.get("name") for c in connections]
     if names.count(name) != 1:
         raise ConfigEditError(f"no single connection named {name!r}")
     index = names.index(name)

@@ -183,7 +183,7 @@ class RolesAnywhereConnection(_ConnectionBase):
     trust_anchor_arn: str
     profile_arn: str
     role_arn: str
-    region: str = Field(default=None, validate_default=True)  # type: ignore[assignment]
+    region: str = Field(default=None, validate_default=True)
     session_name: SessionName
     duration_seconds: StrictInt = 3600
     endpoint: Endpoint | None = None

@@ -61,7 +61,7 @@ class TokenSealer:
         payload, mac = raw[: _TOKEN.size], raw[_TOKEN.size :]
         if not hmac.compare_digest(mac, self._mac(payload)):
             return False
-        expires, _ = _TOKEN.unpack(payload)
+        expires: float = _TOKEN.unpack(payload)[0]
         return self.clock.time() < expires
 
 
@@ -74,9 +74,8 @@ class ImdsIdentity:
     account_id: str | None
 
 
-def _text(body: str, status: int = 200, **headers: str) -> web.Response:
-    return web.Response(text=body, status=status, content_type="text/plain",
-                        headers=headers or None)
+def _text(body: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=body, status=status, content_type="text/plain", headers=headers)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -141,7 +140,7 @@ class ImdsApp:
             ttl = 0
         if not 1 <= ttl <= MAX_TTL:
             return _error(400, "BadRequest", f"{TTL_HEADER} must be between 1 and {MAX_TTL}")
-        return _text(self.tokens.issue(ttl), **{TTL_HEADER: str(ttl)})
+        return _text(self.tokens.issue(ttl), headers={TTL_HEADER: str(ttl)})
 
     def check_token(self, request: web.Request) -> web.Response | None:
         token = request.headers.get(TOKEN_HEADER)

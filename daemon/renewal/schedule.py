@@ -53,7 +53,7 @@ def backoff(
         if error.persistent
         else (p.retry_base, p.retry_cap)
     )
-    delay = min(cap, base * 2 ** (failures - 1))
+    delay = min(cap, base * 2.0 ** (failures - 1))
     delay *= 0.5 + 0.5 * rng.random()
     if seconds_left is not None:
         # Retry more often as the set we still serve nears the end of its life (but once

@@ -209,6 +209,7 @@ async def test_status_is_sent_only_when_it_changes(
     await clock.advance(120)  # "next renewal in" drops by two minutes
     link.update_status()
     assert len(received(receiver)) == 1
+    await link.close()
 
 
 def test_ready_timeout_setting() -> None:
