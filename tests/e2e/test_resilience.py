@@ -70,9 +70,16 @@ class Poller(threading.Thread):
         self.url = url
         self.clock = clock
         self.polls: list[Poll] = []
+        self.error: BaseException | None = None  # raised again in the test by stop()
         self._halt = threading.Event()
 
     def run(self) -> None:
+        try:
+            self._poll()
+        except BaseException as exc:  # an assertion here must fail the test, not warn
+            self.error = exc
+
+    def _poll(self) -> None:
         while not self._halt.is_set():
             fetcher = InstanceMetadataFetcher(
                 timeout=1, num_attempts=1, base_url=self.url,
@@ -90,6 +97,9 @@ class Poller(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(10)
+        assert not self.is_alive(), "the poller did not stop"
+        if self.error is not None:
+            raise self.error
 
     def served(self) -> set[str]:
         return {p.access_key for p in self.polls if p.access_key}

@@ -44,10 +44,17 @@ class NotifyReceiver:
         self._messages: list[Message] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.error: BaseException | None = None  # raised again in the test by messages()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._receive()
+        except BaseException as exc:  # a malformed notification must fail the test
+            self.error = exc
+
+    def _receive(self) -> None:
         while not self._stop.is_set():
             try:
                 data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(16))
@@ -63,6 +70,8 @@ class NotifyReceiver:
                 self._messages.append(Message(at, fields))
 
     def messages(self) -> list[Message]:
+        if self.error is not None:
+            raise self.error
         with self._lock:
             return list(self._messages)
 
