@@ -134,14 +134,14 @@ def start(args: list[str], log: Path, env: dict[str, str] | None = None, *,
           prefix: list[str] | None = None) -> Process:
     """``sockets``: (name, listening socket) handed over as systemd would (see activate.py);
     ``prefix``: a command that execs the rest (to start the daemon under some restriction)."""
-    handle = log.open("wb")
     prefix = list(prefix or [])
     if sockets:
         specs = [f"{sock.fileno()}={name}" for name, sock in sockets]
         prefix += [sys.executable, str(Path(__file__).with_name("activate.py")), *specs, "--"]
-    proc = subprocess.Popen(prefix + CLI + args, stdout=handle, stderr=subprocess.STDOUT,
-                            env=env or clean_env(), cwd=str(log.parent),
-                            pass_fds=[sock.fileno() for _, sock in sockets or []])
+    with log.open("wb") as handle:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(prefix + CLI + args, stdout=handle, stderr=subprocess.STDOUT,
+                                env=env or clean_env(), cwd=str(log.parent),
+                                pass_fds=[sock.fileno() for _, sock in sockets or []])
     return Process(proc, log)
 
 
