@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 DEFAULT_CONFIG = "/etc/credential-sidecar/config.toml"
 
@@ -81,6 +81,85 @@ def _cmd_rotate_keys(args: argparse.Namespace) -> int:
                        endpoint_url=args.endpoint_url)
 
 
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-type", choices=["p256", "p384", "rsa"], default="p256")
+
+
+def _emulator_args(p: argparse.ArgumentParser) -> None:
+    from credential_sidecar.devtools.emulator.cli import configure_parser
+
+    configure_parser(p)
+
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", nargs="?",
+                   help="one connection's whole record (id, notes, times, used by, key)")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _process_args(p: argparse.ArgumentParser) -> None:
+    from credential_sidecar.cli.credential_process import configure_parser
+
+    configure_parser(p)
+
+
+def _import_keys_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="accessKeys.csv, credentials.csv or rootkey.csv")
+    p.add_argument("--name", required=True, help="the connection name to print a config block for")
+    p.add_argument("--secret-file", help="where to store the secret (mode 0600; default:"
+                   " /etc/credential-sidecar/NAME.secret); an existing file is kept")
+    p.add_argument("--user", help="which user's row, when the file holds several")
+    p.add_argument("--region", default="us-east-1", help="for the config block (us-east-1)")
+    p.add_argument("--force", action="store_true", help="replace an existing secret file")
+
+
+def _test_connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="the connection to test")
+    _config_arg(p)
+    p.add_argument("--endpoint-url", help="send the STS and S3 calls here (a test server);"
+                   " default: $AWS_ENDPOINT_URL, else AWS")
+
+
+def _rotate_keys_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="the access-keys connection")
+    _config_arg(p)
+    p.add_argument("--delete-inactive", action="store_true",
+                   help="with two keys already, delete the other one if it is inactive")
+    p.add_argument("--delete-old", action="store_true",
+                   help="delete the old key at the end (default: only deactivate it)")
+    p.add_argument("--wait-seconds", type=float, default=60.0,
+                   help="how long the new key may take to work, and the daemon to reload (60)")
+    p.add_argument("--endpoint-url", help="send the IAM and STS calls here (a test server)")
+
+
+Handler = Callable[[argparse.Namespace], int]
+Arguments = Callable[[argparse.ArgumentParser], None]
+
+# name, help, its arguments, its handler: one row a command, in the order --help lists them.
+COMMANDS: tuple[tuple[str, str, Arguments, Handler], ...] = (
+    ("run", "run the daemon in the foreground (systemd runs this)", _config_arg, _cmd_run),
+    ("check-config", "validate a configuration file without starting", _config_arg,
+     _cmd_check_config),
+    ("demo", "throwaway CA, built-in emulator and the daemon on loopback", _demo_args, _cmd_demo),
+    ("emulator", "the built-in IAM Roles Anywhere emulator, for tests", _emulator_args,
+     _cmd_emulator),
+    ("status", "the running daemon's connections", _status_args, _cmd_status),
+    ("credential-process", "print a connection's credential_process JSON from the running daemon",
+     _process_args, _cmd_credential_process),
+    ("import-keys", "store the secret of an AWS console key file (CSV or rootkey.csv)",
+     _import_keys_args, _cmd_import_keys),
+    ("test-connection", "GetCallerIdentity, then ListBuckets, with a connection's credentials",
+     _test_connection_args, _cmd_test_connection),
+    ("rotate-keys", "rotate an access-key connection's key: create, prove, swap, retire",
+     _rotate_keys_args, _cmd_rotate_keys),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from credential_sidecar import __version__
 
@@ -90,73 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def config_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
-
-    p = sub.add_parser("run", help="run the daemon in the foreground (systemd runs this)")
-    config_arg(p)
-    p.set_defaults(func=_cmd_run)
-
-    p = sub.add_parser("check-config", help="validate a configuration file without starting")
-    config_arg(p)
-    p.set_defaults(func=_cmd_check_config)
-
-    p = sub.add_parser("demo", help="throwaway CA, built-in emulator and the daemon on loopback")
-    p.add_argument("--key-type", choices=["p256", "p384", "rsa"], default="p256")
-    p.set_defaults(func=_cmd_demo)
-
-    p = sub.add_parser("emulator", help="the built-in IAM Roles Anywhere emulator, for tests")
-    from credential_sidecar.devtools.emulator.cli import configure_parser
-
-    configure_parser(p)
-    p.set_defaults(func=_cmd_emulator)
-
-    p = sub.add_parser("status", help="the running daemon's connections")
-    p.add_argument("name", metavar="NAME", nargs="?",
-                   help="one connection's whole record (id, notes, times, used by, key)")
-    config_arg(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_cmd_status)
-
-    p = sub.add_parser("credential-process",
-                       help="print a connection's credential_process JSON from the running daemon")
-    from credential_sidecar.cli.credential_process import configure_parser as configure_process
-
-    configure_process(p)
-    p.set_defaults(func=_cmd_credential_process)
-
-    p = sub.add_parser("import-keys",
-                       help="store the secret of an AWS console key file (CSV or rootkey.csv)")
-    p.add_argument("file", metavar="FILE", help="accessKeys.csv, credentials.csv or rootkey.csv")
-    p.add_argument("--name", required=True, help="the connection name to print a config block for")
-    p.add_argument("--secret-file", help="where to store the secret (mode 0600; default:"
-                   " /etc/credential-sidecar/NAME.secret); an existing file is kept")
-    p.add_argument("--user", help="which user's row, when the file holds several")
-    p.add_argument("--region", default="us-east-1", help="for the config block (us-east-1)")
-    p.add_argument("--force", action="store_true", help="replace an existing secret file")
-    p.set_defaults(func=_cmd_import_keys)
-
-    p = sub.add_parser("test-connection",
-                       help="GetCallerIdentity, then ListBuckets, with a connection's credentials")
-    p.add_argument("name", metavar="NAME", help="the connection to test")
-    config_arg(p)
-    p.add_argument("--endpoint-url", help="send the STS and S3 calls here (a test server);"
-                   " default: $AWS_ENDPOINT_URL, else AWS")
-    p.set_defaults(func=_cmd_test_connection)
-
-    p = sub.add_parser("rotate-keys",
-                       help="rotate an access-key connection's key: create, prove, swap, retire")
-    p.add_argument("name", metavar="NAME", help="the access-keys connection")
-    config_arg(p)
-    p.add_argument("--delete-inactive", action="store_true",
-                   help="with two keys already, delete the other one if it is inactive")
-    p.add_argument("--delete-old", action="store_true",
-                   help="delete the old key at the end (default: only deactivate it)")
-    p.add_argument("--wait-seconds", type=float, default=60.0,
-                   help="how long the new key may take to work, and the daemon to reload (60)")
-    p.add_argument("--endpoint-url", help="send the IAM and STS calls here (a test server)")
-    p.set_defaults(func=_cmd_rotate_keys)
+    for name, text, arguments, handler in COMMANDS:
+        p = sub.add_parser(name, help=text)
+        arguments(p)
+        p.set_defaults(func=handler)
     return parser
 
 

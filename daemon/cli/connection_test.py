@@ -1,6 +1,6 @@
 """``credential-sidecar test-connection NAME``: do this connection's credentials really work?
 
-As the seed documents' "Test Connection" does: get the credentials the daemon would serve, ask
+As an AWS console's "Test Connection" does: get the credentials the daemon would serve, ask
 STS who they belong to (``GetCallerIdentity``: the account and ARN, with a warning for the
 account root), then list the S3 buckets. A valid identity that may not list buckets fails the
 test: the operator learns it now rather than from an application at 3 a.m. Each step says

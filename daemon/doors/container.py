@@ -1,8 +1,8 @@
 """The container-credentials door: every connection on one listener, one token each.
 
-protocols.md section 3: ``GET /v1/credentials/<name>`` with ``Authorization: <token>`` (the raw
-token, no scheme); errors are JSON ``{"Code", "Message"}``. Each connection has its own token, so
-one listener serves many apps, each only its own connection.
+As docs/protocols.md ("Container credentials") says: ``GET /v1/credentials/<name>`` with
+``Authorization: <token>`` (the raw token, no scheme); errors are JSON ``{"Code", "Message"}``.
+Each connection has its own token, so one listener serves many apps, each only its own connection.
 
 What a caller learns depends on what it proves, never on which names exist:
 

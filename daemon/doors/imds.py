@@ -1,6 +1,6 @@
 """An IMDS-compatible door serving one connection, as EC2 serves one role.
 
-Every rule in protocols.md section 2 lives here. Tokens are stateless: an expiry
+Every rule in docs/protocols.md, "IMDS", lives here. Tokens are stateless: an expiry
 and a nonce sealed with a per-process HMAC key. Checking one is a constant-time
 MAC comparison, and no token store can grow however many tokens clients ask for.
 """

@@ -1,6 +1,6 @@
 """The credential manager: one proactive renewal schedule per connection.
 
-Rules (protocols.md section 5): renew at about half life with jitter so what
+Rules (docs/protocols.md, "When clients come back"): renew at about half life with jitter so what
 clients are served keeps well above the SDKs' 900 s window; never serve a set
 with under ``min_serve_seconds`` left; on failure keep the last good set and
 retry with capped, jittered exponential backoff; one upstream call per

@@ -1,7 +1,7 @@
 """Each connection's account record: an id that never changes, when it was created and modified.
 
-Operators of the seed documents' "account" dialogs expect these: an id assigned once that scripts
-can rely on, the creation time, and a modification time that moves when (and only when) that
+Operators used to a credentials manager's account dialog expect these: an id assigned once that
+scripts can rely on, the creation time, and a modification time that moves when (and only when) that
 connection's settings change. The config file cannot hold them (the daemon never writes it), so
 they live in ``state_dir/connections.json``: written atomically, mode 0600, no secret in it
 (only a digest of each connection's non-secret settings, to notice changes).

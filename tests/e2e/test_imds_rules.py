@@ -1,4 +1,4 @@
-"""Every IMDS rule of protocols.md section 2, against the daemon running as a process."""
+"""Every IMDS rule of docs/protocols.md, against the daemon running as a process."""
 
 from __future__ import annotations
 
