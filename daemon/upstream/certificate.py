@@ -339,6 +339,7 @@ class IdentitySource:
         self._hardware = hardware or HardwareSettings()
         # A hardware key stays open across certificate reloads (a token login, a TPM load);
         # it is re-opened only when its own files (TSS2 key, PIN, auth) change.
+        self._is_hardware = is_hardware(self._private_key)
         self._key_files = [
             p
             for p in (
@@ -348,7 +349,7 @@ class IdentitySource:
                 self._hardware.tpm_parent_auth_file,
             )
             if p is not None
-        ] if is_hardware(self._private_key) else []
+        ] if self._is_hardware else []
         self._hw_key: HardwareKey | None = None
         self._hw_signature: _Signature | None = None
         self._retired: list[HardwareKey] = []
@@ -383,7 +384,7 @@ class IdentitySource:
         return tuple(out)
 
     def _load(self) -> Identity:
-        if self._key_files:
+        if self._is_hardware:
             return self._load_hardware()
         return load_identity(
             certificate=self._certificate,

@@ -110,7 +110,7 @@ class Pkcs11Key:
         pin_path = self.uri.pin_source or pin_file
         pin: Secret | None = None
         if pin_path is not None:
-            pin = read_secret_file(pin_path, "PIN")
+            pin = read_secret_file(pin_path, "PIN file")
             try:
                 pin.reveal_text()
             except UnicodeDecodeError:

@@ -11,7 +11,6 @@ mssim socket serves one client at a time, and /dev/tpmrm0 gains nothing from mor
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,8 +91,8 @@ class TpmKey:
             except OSError as exc:
                 raise TpmError(f"TPM key file {self._source}: {exc.strerror}") from None
             self._keyfile = decode_pem(data)
-        self._key_auth = _auth(key_auth_file, "TPM key auth")
-        self._parent_auth = _auth(parent_auth_file, "TPM parent auth")
+        self._key_auth = _auth(key_auth_file, "TPM key auth file")
+        self._parent_auth = _auth(parent_auth_file, "TPM parent auth file")
         self._tcti = tcti
         self._conn = _acquire(tcti)
         self._handle: Any = None
@@ -197,7 +196,3 @@ class TpmKey:
     def __repr__(self) -> str:
         return f"<TpmKey {self.describe()}>"
 
-
-def quiet_tss_logging() -> None:
-    """libtss2 logs warnings to stderr on expected errors; keep them out of the journal."""
-    os.environ.setdefault("TSS2_LOG", "all+NONE")
