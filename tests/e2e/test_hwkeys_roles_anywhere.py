@@ -3,6 +3,8 @@ the in-process emulator, which checks the SigV4-X509 signature and the chain to 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,16 @@ ACCOUNT = "111122223333"
 TA = f"arn:aws:rolesanywhere:eu-west-1:{ACCOUNT}:trust-anchor/hw"
 PROFILE = f"arn:aws:rolesanywhere:eu-west-1:{ACCOUNT}:profile/hw"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/hw"
+MDWE = [sys.executable, str(Path(__file__).resolve().parent.parent / "helpers" / "mdwe.py")]
+SIGN_UNDER_MDWE = """
+import sys
+from credential_sidecar.upstream.hardware.base import verify
+from credential_sidecar.upstream.hardware.factory import open_key
+key = open_key(sys.argv[1], tpm_tcti=sys.argv[2])
+verify(key.public_key(), key.sign(b"x"), b"x")
+key.close()
+print("signed")
+"""
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +183,17 @@ async def test_tpm_key(swtpm: Swtpm, tpm_ca: tuple[Issuer, Issuer], tmp_path: Pa
         await src.close()
         await emu.stop()
     assert emu.succeeded == 2
+
+
+def test_signing_under_memory_deny_write_execute(softhsm: SoftHsm, swtpm: Swtpm) -> None:
+    """The unit has MemoryDenyWriteExecute=yes: p11-kit's proxy (libffi), SoftHSM and
+    tpm2-pytss (cffi) must sign without a writable+executable mapping."""
+    probe = subprocess.run([*MDWE, sys.executable, "-c", "pass"], capture_output=True,
+                           timeout=60, check=False)
+    if probe.returncode == 3:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+    for key in (softhsm.uri("p256"), swtpm.keys["rsa-pem"]):
+        done = subprocess.run([*MDWE, sys.executable, "-W", "error", "-c", SIGN_UNDER_MDWE, key,
+                               swtpm.tcti], capture_output=True, text=True, timeout=120,
+                              check=False, cwd=Path(__file__).resolve().parents[2])
+        assert done.returncode == 0 and done.stdout.strip().endswith("signed"), done.stderr

@@ -6,6 +6,7 @@ wait on that exit rather than sleeping. It is stopped through a pidfd, again wit
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import select
 import shutil
@@ -31,10 +32,8 @@ def missing_tools() -> str | None:
                           ("tpm2_encodeobject", "tpm2-tools (>= 5.3)")):
         if shutil.which(tool) is None:
             return f"{tool} not installed (apt-get install {package})"
-    try:
-        import tpm2_pytss  # noqa: F401
-    except ImportError as exc:
-        return f"tpm2-pytss not importable ({exc}): pip install tpm2-pytss"
+    if importlib.util.find_spec("tpm2_pytss") is None:
+        return "tpm2-pytss not installed: pip install -e '.[test]' (after tests/setup/hwkeys.sh)"
     return None
 
 
