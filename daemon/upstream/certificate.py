@@ -339,7 +339,6 @@ class IdentitySource:
         self._hardware = hardware or HardwareSettings()
         # A hardware key stays open across certificate reloads (a token login, a TPM load);
         # it is re-opened only when its own files (TSS2 key, PIN, auth) change.
-        self._is_hardware = is_hardware(self._private_key)
         self._key_files = [
             p
             for p in (
@@ -349,7 +348,7 @@ class IdentitySource:
                 self._hardware.tpm_parent_auth_file,
             )
             if p is not None
-        ] if self._is_hardware else []
+        ]
         self._hw_key: HardwareKey | None = None
         self._hw_signature: _Signature | None = None
         self._retired: list[HardwareKey] = []
@@ -360,7 +359,7 @@ class IdentitySource:
                 self._private_key if isinstance(self._private_key, Path) else None,
                 self._passphrase_file,
                 self._intermediates,
-                *self._key_files,
+                *[f for f in self._key_files if f != self._private_key],
             )
             if p is not None
         ]
@@ -384,7 +383,8 @@ class IdentitySource:
         return tuple(out)
 
     def _load(self) -> Identity:
-        if self._is_hardware:
+        # Sniffed on every load: a TSS2 key file may appear (or replace a key file) later.
+        if is_hardware(self._private_key):
             return self._load_hardware()
         return load_identity(
             certificate=self._certificate,
