@@ -18,10 +18,6 @@ from tests.helpers.swtpm import Swtpm
 from tests.helpers.swtpm import build as build_swtpm
 from tests.helpers.swtpm import missing_tools as swtpm_tools_missing
 
-# harness.start() opens each process log and never closes it (ResourceWarning at GC, an error
-# under -W error); reported to the lead, left alone here since harness.py is shared.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
 
 @pytest.fixture(scope="module")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
