@@ -3,37 +3,15 @@ file -> `credential-sidecar run` -> emulator process -> IMDS read, as an SDK wou
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives import serialization
 
 from credential_sidecar.upstream.hardware.tpm_key import TpmKey
 from tests.helpers import harness as h
 from tests.helpers.hwkeys import make_intermediate, make_leaf, make_root
 from tests.helpers.softhsm import USER_PIN, SoftHsm
-from tests.helpers.softhsm import shared as shared_softhsm
 from tests.helpers.swtpm import Swtpm
-from tests.helpers.swtpm import build as build_swtpm
-from tests.helpers.swtpm import missing_tools as swtpm_tools_missing
-
-
-@pytest.fixture(scope="module")
-def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
-    return shared_softhsm(tmp_path_factory.mktemp("softhsm"))
-
-
-@pytest.fixture(scope="module")
-def swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swtpm]:
-    reason = swtpm_tools_missing()
-    if reason:
-        pytest.fail(f"{reason}; tests/setup/hwkeys.sh installs it")
-    tpm = build_swtpm(tmp_path_factory.mktemp("swtpm"))
-    try:
-        yield tpm
-    finally:
-        tpm.stop()
 
 
 def _pem(path: Path, *certs: object) -> Path:

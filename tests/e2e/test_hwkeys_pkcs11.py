@@ -27,14 +27,8 @@ from credential_sidecar.upstream.hardware.pkcs11_token import (
 )
 from tests.helpers.hwkeys import everything_said
 from tests.helpers.softhsm import SoftHsm, close_sessions_behind_back, write_secret
-from tests.helpers.softhsm import shared as shared_softhsm
 
 WRONG_PIN = "CANARY-wrong-pin-9f3e7c"
-
-
-@pytest.fixture(scope="module")
-def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
-    return shared_softhsm(tmp_path_factory.mktemp("softhsm"))
 
 
 @pytest.fixture

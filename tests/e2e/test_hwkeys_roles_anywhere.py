@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,7 @@ from credential_sidecar.upstream.hardware.tpm_key import TpmKey
 from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource
 from tests.helpers.hwkeys import Issuer, make_intermediate, make_leaf, make_root
 from tests.helpers.softhsm import SoftHsm
-from tests.helpers.softhsm import shared as shared_softhsm
 from tests.helpers.swtpm import Swtpm
-from tests.helpers.swtpm import build as build_swtpm
-from tests.helpers.swtpm import missing_tools as swtpm_tools_missing
 
 ACCOUNT = "111122223333"
 TA = f"arn:aws:rolesanywhere:eu-west-1:{ACCOUNT}:trust-anchor/hw"
@@ -40,23 +37,6 @@ verify(key.public_key(), key.sign(b"x"), b"x")
 key.close()
 print("signed")
 """
-
-
-@pytest.fixture(scope="module")
-def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
-    return shared_softhsm(tmp_path_factory.mktemp("softhsm"))
-
-
-@pytest.fixture(scope="module")
-def swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swtpm]:
-    reason = swtpm_tools_missing()
-    if reason:
-        pytest.fail(f"{reason}; tests/setup/hwkeys.sh installs it")
-    tpm = build_swtpm(tmp_path_factory.mktemp("swtpm"))
-    try:
-        yield tpm
-    finally:
-        tpm.stop()
 
 
 @pytest.fixture(scope="module")

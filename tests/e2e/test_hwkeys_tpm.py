@@ -21,22 +21,8 @@ from credential_sidecar.upstream.hardware.tss2_pem import decode_pem
 from tests.helpers.hwkeys import Issuer, everything_said, make_intermediate, make_leaf, make_root
 from tests.helpers.softhsm import write_secret
 from tests.helpers.swtpm import Swtpm
-from tests.helpers.swtpm import build as build_swtpm
-from tests.helpers.swtpm import missing_tools as swtpm_tools_missing
 
 WRONG_AUTH = "CANARY-wrong-tpm-auth-5d1b"
-
-
-@pytest.fixture(scope="module")
-def swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swtpm]:
-    reason = swtpm_tools_missing()
-    if reason:
-        pytest.fail(f"{reason}; tests/setup/hwkeys.sh installs it")
-    tpm = build_swtpm(tmp_path_factory.mktemp("swtpm"))
-    try:
-        yield tpm
-    finally:
-        tpm.stop()
 
 
 @pytest.fixture
