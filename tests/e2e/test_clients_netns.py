@@ -20,6 +20,8 @@ from tests.helpers.client_stack import ClientStack, netns_stack
 from tests.helpers.netns import reap_stale
 
 S3CMD_BUCKET = "s3cmd-bucket"
+# The first test may have to build the Go programs (tests/setup/clients.sh prebuilds them).
+pytestmark = pytest.mark.timeout(600)
 
 
 def need(tool: str, package: str) -> str:
@@ -31,6 +33,10 @@ def need(tool: str, package: str) -> str:
 
 @pytest.fixture(scope="module")
 def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientStack]:
+    if shutil.which("go") is None:
+        pytest.fail("go is missing: tests/setup/clients.sh installs golang-go and the SDKs")
+    for name in go_clients.PROGRAMS:
+        go_clients.build(name)
     if shutil.which("ip") is None:
         pytest.fail("ip is missing: tests/setup/clients.sh installs iproute2")
     reap_stale()  # namespaces a killed earlier run of ours left behind
