@@ -27,11 +27,11 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from credential_sidecar.doors.peers import Grantee, Peer, admits
 from credential_sidecar.logs import get_logger
 from credential_sidecar.renewal.manager import CredentialManager
 
@@ -46,17 +46,6 @@ STATUS_CODES = {"BadRequest": 400, "Forbidden": 403, "NotFound": 404,
 _UCRED = struct.Struct("3i")
 
 
-@dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-    groups: tuple[int, ...] = ()
-
-    def __str__(self) -> str:
-        return f"uid {self.uid}"
-
-
 def peer_of(sock: socket.socket) -> Peer:
     """Who is on the other end, as the kernel recorded it when they connected."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
@@ -66,23 +55,6 @@ def peer_of(sock: socket.socket) -> Peer:
         raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
         groups = struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
     return Peer(pid, uid, gid, groups)
-
-
-class Grantee(Protocol):
-    """What the socket reads from a connection's configuration."""
-
-    @property
-    def allowed_uids(self) -> Sequence[int]: ...
-    @property
-    def allowed_gids(self) -> Sequence[int]: ...
-
-
-def admits(conn: Grantee, peer: Peer, daemon_uid: int | None = None) -> bool:
-    """Root and the daemon's own uid always; otherwise the connection's allowed uids and gids."""
-    daemon_uid = os.geteuid() if daemon_uid is None else daemon_uid
-    if peer.uid in (0, daemon_uid) or peer.uid in conn.allowed_uids:
-        return True
-    return any(gid in conn.allowed_gids for gid in (peer.gid, *peer.groups))
 
 
 class Refused(Exception):
