@@ -22,6 +22,7 @@ from credential_sidecar.config.model import (
     RolesAnywhereConnection,
 )
 from credential_sidecar.credentials import iso_z
+from credential_sidecar.doors.access import Access
 from credential_sidecar.doors.container import ALIASES as CONTAINER_ALIASES
 from credential_sidecar.doors.container import ContainerApp
 from credential_sidecar.doors.container_tokens import TokenBook
@@ -31,6 +32,7 @@ from credential_sidecar.doors.health import HealthApp, status_rows
 from credential_sidecar.doors.imds import ImdsApp, ImdsIdentity
 from credential_sidecar.doors.listener import Listener
 from credential_sidecar.doors.metrics import Metrics
+from credential_sidecar.doors.peers import PeerFinder
 from credential_sidecar.files import FileError
 from credential_sidecar.renewal.manager import CredentialManager
 from credential_sidecar.renewal.schedule import Policy
@@ -64,6 +66,7 @@ class Daemon:
         self.tokens = TokenBook()  # container tokens, kept in sync with the connections
         self.control: ControlServer | None = None
         self.records = ConnectionRecords(config.daemon.state_dir)  # ids, created, modified
+        self.access: Access | None = None  # built with the first TCP door (_access)
 
     def _source(self, connection: object) -> CredentialSource:
         if isinstance(connection, RolesAnywhereConnection):
@@ -120,8 +123,7 @@ class Daemon:
         manager = self._manager()
         self.tokens.sync(self.config.connections, self.config.daemon.state_dir)
         guard = HostGuard(self.config.container.listen.host, aliases=CONTAINER_ALIASES)
-        container = ContainerApp(self.tokens, manager.get, guard,
-                                 on_served=lambda name: manager.record_use(name, "container"))
+        container = ContainerApp(self.tokens, manager.get, guard, access=self._access())
         return container.app, self.config.container.listen, guard
 
     def _imds_door(self, listener: ImdsListener) -> Door:
@@ -135,7 +137,8 @@ class Daemon:
             self.clock,
             guard,
             allow_imdsv1=listener.allow_imdsv1,
-            on_served=lambda _req: manager.record_use(name, f"imds:{name}"),
+            access=self._access(),
+            door=f"imds:{name}",
         )
         return imds.app, listener.listen, guard
 
@@ -144,6 +147,17 @@ class Daemon:
         health = HealthApp(self._manager(), self._required, self._describe)
         health.app.router.add_get("/metrics", self._metrics().handle)
         return health.app, self.config.health.listen, None
+
+    # -- who may take a set over TCP (doors/access.py) ----------------------------------------
+
+    def _access(self) -> Access:
+        """One Access for every TCP door: the kernel's peer lookup, the per-connection cache,
+        the allowed_uids/allowed_gids rule, the audit trail."""
+        if self.access is None:
+            self.access = Access(PeerFinder(), self._grantee,
+                                 record_use=self._manager().record_use,
+                                 count=self._metrics().handout)
+        return self.access
 
     def _metrics(self) -> Metrics:
         assert self.metrics is not None, "metrics are built with the manager"
@@ -293,6 +307,8 @@ class Daemon:
             await self.manager.stop()
         if self.http is not None:
             await self.http.close()
+        if self.access is not None:
+            self.access.finder.close()
         self.sockets.close()
 
 

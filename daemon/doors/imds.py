@@ -21,6 +21,7 @@ from aiohttp import web
 
 from credential_sidecar.clock import Clock
 from credential_sidecar.credentials import Credentials
+from credential_sidecar.doors.access import Access
 from credential_sidecar.doors.guards import HostGuard, forwarded
 
 TOKEN_PATH = "/latest/api/token"
@@ -92,6 +93,8 @@ class ImdsApp:
         *,
         allow_imdsv1: bool = False,
         on_served: Callable[[web.Request], None] | None = None,
+        access: Access | None = None,
+        door: str = "imds",
     ) -> None:
         self.identity = identity
         self.lookup = lookup
@@ -100,6 +103,8 @@ class ImdsApp:
         self.allow_imdsv1 = allow_imdsv1
         self.tokens = TokenSealer(clock)
         self.on_served = on_served
+        self.access = access  # who may have the set (allowed_uids/gids), and the audit trail
+        self.door = door
         self._rendered: tuple[Credentials, str] | None = None  # see _document
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -116,6 +121,10 @@ class ImdsApp:
             return _error(400, "BadHost", "Host header does not name this endpoint")
         if forwarded(request):
             return _error(403, "Forbidden", "requests through a proxy are refused")
+        if self.access is not None:
+            refusal = await self.access.refusal(request, self.door, self.identity.role_name)
+            if refusal is not None:
+                return _error(403, "Forbidden", refusal)
         path = request.path
         if path.rstrip("/") == TOKEN_PATH:
             return self.put_token(request)
@@ -126,7 +135,7 @@ class ImdsApp:
         denied = self.check_token(request)
         if denied is not None:
             return denied
-        return self.read(path, request)
+        return await self.read(path, request)
 
     def put_token(self, request: web.Request) -> web.Response:
         if request.method != "PUT":
@@ -150,7 +159,7 @@ class ImdsApp:
             return _error(401, "Unauthorized", "a valid IMDSv2 token is required")
         return None
 
-    def read(self, path: str, request: web.Request) -> web.Response:
+    async def read(self, path: str, request: web.Request) -> web.Response:
         key = path.rstrip("/")
         ident = self.identity
         if key == CREDS_PREFIX:
@@ -163,6 +172,8 @@ class ImdsApp:
                 )
             if self.on_served:
                 self.on_served(request)
+            if self.access is not None:
+                await self.access.served(request, self.door, ident.role_name, creds)
             return _text(self._document(creds))
         if key == "/latest/meta-data/placement/region":
             return _text(ident.region)
