@@ -10,11 +10,12 @@ and the fix, never its contents.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 # Certificates, keys, secrets and tokens take a few kilobytes: a bigger file is a wrong path.
@@ -50,7 +51,9 @@ def refuse_irregular(path: Path, what: str, st: os.stat_result) -> None:
 
 # POSIX access ACLs as Linux stores them (acl(5)): a version, then (tag, perm, id) entries.
 _ACL_XATTR = "system.posix_acl_access"
-_ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK = 0x02, 0x04, 0x08, 0x10
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = (
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20)
+_ACL_NO_ID = 0xFFFFFFFF
 
 
 def acl_grants(target: int | Path, owner: int) -> list[str] | None:
@@ -80,6 +83,35 @@ def acl_grants(target: int | Path, owner: int) -> list[str] | None:
         elif tag == _ACL_GROUP:
             grants.append(f"group {ident}")
     return grants
+
+
+def read_acl(uids: Iterable[int], gids: Iterable[int]) -> bytes:
+    """The ``system.posix_acl_access`` value of a file its owner reads and writes and each of
+    ``uids`` and ``gids`` may read: what ``setfacl -m u:UID:r,g:GID:r`` on a 0600 file makes."""
+    entries = [(_ACL_USER_OBJ, 0o6, _ACL_NO_ID)]
+    entries += [(_ACL_USER, 0o4, uid) for uid in sorted(set(uids))]
+    entries.append((_ACL_GROUP_OBJ, 0, _ACL_NO_ID))
+    entries += [(_ACL_GROUP, 0o4, gid) for gid in sorted(set(gids))]
+    entries += [(_ACL_MASK, 0o4, _ACL_NO_ID), (_ACL_OTHER, 0, _ACL_NO_ID)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+
+
+def grant_read(fd: int, uids: Iterable[int], gids: Iterable[int]) -> None:
+    """Make the open file 0600 plus one ACL read entry per uid and gid (none: plain 0600).
+
+    Only the owner (or root) may do this; the mode's group bits then show the ACL's mask (r).
+    """
+    uids, gids = list(uids), list(gids)
+    os.fchmod(fd, 0o600)
+    if uids or gids:
+        os.setxattr(fd, _ACL_XATTR, read_acl(uids, gids))
+    else:
+        try:
+            os.removexattr(fd, _ACL_XATTR)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
+                raise
+        os.fchmod(fd, 0o600)
 
 
 def refuse_exposed(path: Path, what: str, st: os.stat_result, fd: int | None = None) -> None:
@@ -233,7 +265,9 @@ __all__ = [
     "atomic_write",
     "check_private_file",
     "fsync_dir",
+    "grant_read",
     "missing",
+    "read_acl",
     "read_file",
     "refuse_exposed",
     "refuse_irregular",

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from credential_sidecar.files import acl_grants
 from tests.helpers import harness as h
 
 NOBODY = 65534  # nobody / nogroup
@@ -146,13 +147,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # --- container door --------------------------------------------------------------------------
 
 
-def test_token_files_are_created_0640_without_a_newline(stack: Stack) -> None:
+def test_token_files_are_created_0600_plus_an_acl_without_a_newline(stack: Stack) -> None:
+    grants = {"app": ["user 65534"], "team": ["group 65534"], "private": None}
     for name in ("app", "team", "private"):
         path = stack.token_file(name)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o640, name
+        # With an ACL the group bits show its mask (read); the file's group has nothing.
+        mode = 0o640 if grants[name] else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == mode, name
+        assert acl_grants(path, os.geteuid()) == grants[name], name
+        assert path.stat().st_uid == os.geteuid()
         raw = path.read_bytes()
         assert raw.strip() == raw and len(raw) >= 43
-    assert stack.token_file("team").stat().st_gid == NOBODY, "group = the first allowed gid"
     assert len({stack.token(n) for n in ("app", "team", "private")}) == 3
     rows = stack.status()
     assert rows["private"]["container_token_file"] == str(stack.token_file("private"))

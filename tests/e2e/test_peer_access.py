@@ -7,6 +7,8 @@ Needs root, as CI runs it.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,7 @@ class Stack:
     alice: users.User  # in app's allowed_uids
     bob: users.User  # a member of team's allowed_gids
     carol: users.User  # in nothing
+    tokens: Path  # a directory every user may traverse, holding the token files
 
     def imds(self, who: users.User, name: str) -> tuple[list[int], str]:
         out = users.as_user(who, IMDS, self.daemon.url(f"imds:{name}"))
@@ -53,7 +56,7 @@ class Stack:
         return codes, body
 
     def container(self, who: users.User, name: str) -> tuple[int, str]:
-        token = (self.tmp / "state" / "tokens" / f"{name}.token").read_text()
+        token = (self.tokens / f"{name}.token").read_text()
         return users.fetch_as(who, self.daemon.url("container") + f"v1/credentials/{name}",
                               {"Authorization": token})
 
@@ -69,20 +72,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     users.need_root()
     tmp = tmp_path_factory.mktemp("peers")
     material = h.make_pki(tmp / "pki")
+    tokens = Path(tempfile.mkdtemp(prefix="csx-tokens-"))
+    tokens.chmod(0o711)
     with users.throwaway_group() as (group, gid), \
             users.throwaway_user() as alice, \
             users.throwaway_user(groups=(group,)) as bob, \
             users.throwaway_user() as carol, \
             h.emulator(tmp, [material.ca_file]) as emu:
         conns = [
-            h.connection("app", material, emu.url, allowed_uids=[alice.uid]),
-            h.connection("team", material, emu.url, allowed_gids=[gid]),
-            h.connection("open", material, emu.url),
+            h.connection(name, material, emu.url,
+                         container_token_file=str(tokens / f"{name}.token"), **grant)
+            for name, grant in (("app", {"allowed_uids": [alice.uid]}),
+                                ("team", {"allowed_gids": [gid]}), ("open", {}))
         ]
         imds = [{"listen": "127.0.0.1:0", "connection": name} for name in ("app", "team", "open")]
         extra = {"container": {"listen": "127.0.0.1:0"}}
         with h.daemon(tmp, conns, imds=imds, extra=extra) as daemon:
-            yield Stack(daemon, tmp, alice, bob, carol)
+            yield Stack(daemon, tmp, alice, bob, carol, tokens)
+    shutil.rmtree(tokens, ignore_errors=True)
 
 
 def test_imds_serves_only_the_users_a_connection_names(stack: Stack) -> None:
@@ -147,3 +154,29 @@ def test_every_hand_out_is_audited_counted_and_recorded(stack: Stack) -> None:
     assert {("imds:app", f"uid:{stack.alice.uid}"),
             ("container", f"uid:{stack.alice.uid}")} <= used
     assert not any(peer == f"uid:{stack.carol.uid}" for _, peer in used)
+
+
+READ = """
+import sys
+try:
+    print(open(sys.argv[1]).read())
+except PermissionError:
+    print("EACCES")
+"""
+
+
+def test_each_user_reads_only_their_connections_token_file(stack: Stack) -> None:
+    def read(who: users.User, name: str, keep_groups: bool = False) -> str:
+        out = users.as_user(who, READ, str(stack.tokens / f"{name}.token"),
+                            keep_groups=keep_groups)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    app = (stack.tokens / "app.token").read_text()
+    team = (stack.tokens / "team.token").read_text()
+    assert read(stack.alice, "app") == app
+    assert read(stack.bob, "team", keep_groups=True) == team  # a process in the group
+    assert read(stack.bob, "team") == "EACCES"  # files go by the process's groups
+    for who, name in ((stack.carol, "app"), (stack.bob, "app"), (stack.alice, "team"),
+                      (stack.carol, "open")):
+        assert read(who, name) == "EACCES", (who, name)
