@@ -22,7 +22,7 @@ from credential_sidecar.config.model import (
     RolesAnywhereConnection,
 )
 from credential_sidecar.credentials import iso_z
-from credential_sidecar.doors.access import Access
+from credential_sidecar.doors.access import Access, ConnectionGate
 from credential_sidecar.doors.container import ALIASES as CONTAINER_ALIASES
 from credential_sidecar.doors.container import ContainerApp
 from credential_sidecar.doors.container_tokens import TokenBook
@@ -159,6 +159,10 @@ class Daemon:
                                  count=self._metrics().handout)
         return self.access
 
+    def _gate(self, door: str) -> ConnectionGate:
+        """Each TCP door's cap on open connections, in all and per peer uid."""
+        return ConnectionGate(door, self._access(), on_reject=self._metrics().rejected)
+
     def _metrics(self) -> Metrics:
         assert self.metrics is not None, "metrics are built with the manager"
         return self.metrics
@@ -212,7 +216,8 @@ class Daemon:
     async def _listen(self, door, app, address, guard: HostGuard | None) -> None:  # type: ignore[no-untyped-def]
         sock = self.sockets.socket_for(door, address)
         self._metrics().attach(door, app)
-        listener = Listener(door, app, address.host, address.port, sock=sock)
+        listener = Listener(door, app, address.host, address.port, sock=sock,
+                            gate=self._gate(door))
         self.listeners.append(listener)
         port = await listener.start()
         if guard is not None:

@@ -118,4 +118,112 @@ class Access:
             self.record_use(name, door, peer.label if peer else "")
 
 
-__all__ = ["Access", "addresses"]
+
+
+# --- bounded connections ---------------------------------------------------------------------
+
+MAX_CONNECTIONS = 256  # open TCP connections per door
+MAX_PER_UID = 32  # ... of which one local user may hold
+
+
+class ConnectionGate:
+    """Counts one door's open TCP connections, in all and per peer uid, and says whether one
+    more may stay. Excess connections are closed at accept, before aiohttp sees them, so one
+    local user opening thousands of idle connections costs the others nothing (and costs the
+    daemon a descriptor for a moment only)."""
+
+    def __init__(
+        self,
+        door: str,
+        access: Access | None,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        max_per_uid: int = MAX_PER_UID,
+        on_reject: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.door = door
+        self.access = access
+        self.max_connections = max_connections
+        self.max_per_uid = max_per_uid
+        self.on_reject = on_reject
+        self.open = 0
+        self.per_uid: dict[int, int] = {}
+        self._uid_of: weakref.WeakKeyDictionary[asyncio.BaseTransport, int] = (
+            weakref.WeakKeyDictionary())
+        self._warned = 0.0
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        reason = None
+        if self.open >= self.max_connections:
+            reason = "door_full"
+        peer = self.access.remember(transport) if self.access is not None else None
+        if reason is None and peer is not None:
+            if self.per_uid.get(peer.uid, 0) >= self.max_per_uid:
+                reason = "peer_full"
+        if reason is not None:
+            if self.on_reject is not None:
+                self.on_reject(self.door, reason)
+            now = asyncio.get_running_loop().time()
+            if now - self._warned >= 60.0:  # one line a minute, however many are closed
+                self._warned = now
+                log.warning("connection closed at accept: too many open", door=self.door,
+                            reason=reason, uid=peer.uid if peer else None,
+                            limit=self.max_per_uid if reason == "peer_full"
+                            else self.max_connections)
+            return False
+        self.open += 1
+        if peer is not None:
+            self.per_uid[peer.uid] = self.per_uid.get(peer.uid, 0) + 1
+            self._uid_of[transport] = peer.uid
+        return True
+
+    def release(self, transport: asyncio.BaseTransport) -> None:
+        self.open -= 1
+        uid = self._uid_of.pop(transport, None)
+        if uid is not None:
+            left = self.per_uid.get(uid, 1) - 1
+            if left > 0:
+                self.per_uid[uid] = left
+            else:
+                self.per_uid.pop(uid, None)
+
+
+class GatedProtocol(asyncio.Protocol):
+    """Wraps aiohttp's protocol: asks the gate at connect, tells it at disconnect."""
+
+    def __init__(self, inner: asyncio.Protocol, gate: ConnectionGate) -> None:
+        self.inner = inner
+        self.gate = gate
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self.gate.admit(transport):
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()  # RST at once: the descriptor is freed now, not after linger
+            else:
+                transport.close()
+            return
+        self.transport = transport
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.gate.release(self.transport)
+            self.transport = None
+            self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.transport is not None else None
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+__all__ = ["Access", "ConnectionGate", "GatedProtocol", "addresses"]

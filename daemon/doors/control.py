@@ -40,6 +40,8 @@ log = get_logger()
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 MAX_LINE = 64 * 1024
 IDLE_SECONDS = 30.0
+MAX_CLIENTS = 64  # connected clients at once; more are closed at once
+MAX_CLIENTS_PER_UID = 16  # ... of which one uid may hold
 MAX_GROUPS = 256  # Python's getsockopt buffer holds at most 1024 bytes
 STATUS_CODES = {"BadRequest": 400, "Forbidden": 403, "NotFound": 404,
                 "CredentialsUnavailable": 503}
@@ -119,6 +121,8 @@ class ControlServer:
         self.on_answer = on_answer
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._per_uid: dict[int, int] = {}
+        self.rejected = 0  # clients closed at connect: too many at once
 
     @property
     def url(self) -> str:
@@ -145,10 +149,20 @@ class ControlServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is not None:
-            self._clients.add(task)
+        peer: Peer | None = None
         try:
             peer = peer_of(writer.get_extra_info("socket"))
+            if (len(self._clients) >= MAX_CLIENTS
+                    or self._per_uid.get(peer.uid, 0) >= MAX_CLIENTS_PER_UID):
+                self.rejected += 1
+                if self.rejected == 1 or self.rejected % 1000 == 0:
+                    log.warning("control client closed at connect: too many at once",
+                                uid=peer.uid, rejected=self.rejected)
+                peer = None
+                return
+            if task is not None:
+                self._clients.add(task)
+            self._per_uid[peer.uid] = self._per_uid.get(peer.uid, 0) + 1
             while True:
                 try:
                     line = await asyncio.wait_for(reader.readline(), IDLE_SECONDS)
@@ -163,6 +177,12 @@ class ControlServer:
         finally:
             if task is not None:
                 self._clients.discard(task)
+            if peer is not None:
+                left = self._per_uid.get(peer.uid, 1) - 1
+                if left > 0:
+                    self._per_uid[peer.uid] = left
+                else:
+                    self._per_uid.pop(peer.uid, None)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from credential_sidecar.client import Unreachable, ask, socket_from_config
+from credential_sidecar.doors import control
 from credential_sidecar.doors.control import ControlServer, Peer, admits, bind_socket, peer_of
 from credential_sidecar.renewal.manager import CredentialManager
 from credential_sidecar.testing import FakeClock, FakeSource
@@ -204,3 +205,18 @@ def test_a_crash_answers_internal_error_and_is_counted(running: Running) -> None
     answer = running.server.answer(b'{"op": "status"}\n', Peer(1, 0, 0))
     assert answer == {"ok": False, "code": "InternalError", "message": "see the daemon's log"}
     assert running.answers == [("control", 500)]
+
+
+async def test_clients_beyond_a_uids_share_are_closed_at_connect(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control, "MAX_CLIENTS_PER_UID", 2)
+    held = [await asyncio.open_unix_connection(str(running.path)) for _ in range(2)]
+    for reader, writer in held:  # both admitted: each answers
+        writer.write(b'{"op": "status"}\n')
+        assert json.loads(await reader.readline())["ok"] is True
+    reader, writer = await asyncio.open_unix_connection(str(running.path))
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # the third: closed at once
+    assert running.server.rejected == 1
+    for _, w in [*held, (reader, writer)]:
+        w.close()
