@@ -203,6 +203,73 @@ def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+# --- trusting paths --------------------------------------------------------------------------
+
+
+def check_owned(path: Path, what: str, *, allow_root: bool = False,
+                kind: str | None = None) -> os.stat_result:
+    """Refuse a path the daemon did not make, as sshd's StrictModes does: it must not be a
+    symbolic link, must belong to the daemon's uid (or root's, with ``allow_root``: root could
+    read the daemon's memory anyway), and group and others must not be able to write it.
+    ``kind`` "dir" or "file" also checks the type. Returns its lstat()."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise missing(path, what) from None
+    except OSError as exc:
+        raise FileError(f"{what} {path} cannot be inspected: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise FileError(
+            f"{what} {path} is a symbolic link: the daemon follows no link it did not make;"
+            " point the configuration at the real path"
+        )
+    if kind == "dir" and not stat.S_ISDIR(st.st_mode):
+        raise FileError(f"{what} {path} is {_file_kind(st.st_mode)}, not a directory")
+    if kind == "file":
+        refuse_irregular(path, what, st)
+    euid = os.geteuid()
+    if st.st_uid != euid and not (allow_root and st.st_uid == 0):
+        raise FileError(
+            f"{what} {path} belongs to uid {st.st_uid}, not to the daemon (uid {euid}): the"
+            f" daemon trusts no path someone else made; remove it, or run: chown {euid} {path}"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise FileError(
+            f"{what} {path} has mode {mode:04o}: group or others could replace what is in it;"
+            f" run: chmod go-w {path}"
+        )
+    return st
+
+
+def private_dir(path: Path, what: str, mode: int = 0o700) -> Path:
+    """``path`` as a directory the daemon can trust: missing components are made one by one
+    with mkdir (never through a link: mkdir does not follow one, and each is checked after)
+    and given ``mode`` whatever the umask; an existing directory is checked, not changed."""
+    path = Path(path)
+    made: list[Path] = []
+    cursor = path
+    while not os.path.lexists(cursor) and cursor != cursor.parent:
+        made.append(cursor)
+        cursor = cursor.parent
+    for directory in reversed(made):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            made.remove(directory)  # made meanwhile by someone else: checked below as found
+            continue
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+    for directory in made:
+        check_owned(directory, what, kind="dir")
+    check_owned(path, what, kind="dir")
+    return path
+
+
 # --- writing ---------------------------------------------------------------------------------
 
 
@@ -263,10 +330,12 @@ __all__ = [
     "FileError",
     "acl_grants",
     "atomic_write",
+    "check_owned",
     "check_private_file",
     "fsync_dir",
     "grant_read",
     "missing",
+    "private_dir",
     "read_acl",
     "read_file",
     "refuse_exposed",

@@ -39,6 +39,7 @@ from credential_sidecar.renewal.schedule import Policy
 from credential_sidecar.state import pidfile
 from credential_sidecar.state.cache import CredentialCache, default_key_path, load_or_create_key
 from credential_sidecar.state.records import ConnectionRecords
+from credential_sidecar.state.trust import check_state_dir
 from credential_sidecar.systemd.activation import SocketPool
 from credential_sidecar.systemd.link import ServiceLink, install_test_hooks
 from credential_sidecar.systemd.notify import Notifier, listen_fds
@@ -159,6 +160,13 @@ class Daemon:
                                  count=self._metrics().handout)
         return self.access
 
+    def _check_paths(self) -> None:
+        """Refuse to start on a state_dir (or cache key, cache entry) the daemon did not make:
+        FileError naming the path (state/trust.py)."""
+        daemon = self.config.daemon
+        check_state_dir(daemon.state_dir,
+                        daemon.cache_key_file or default_key_path(daemon.state_dir))
+
     def _gate(self, door: str) -> ConnectionGate:
         """Each TCP door's cap on open connections, in all and per peer uid."""
         return ConnectionGate(door, self._access(), on_reject=self._metrics().rejected)
@@ -196,6 +204,7 @@ class Daemon:
         return self.manager
 
     async def start(self) -> None:
+        await asyncio.to_thread(self._check_paths)
         await asyncio.to_thread(self.records.sync, self.config.connections, self.clock.time())
         self.http = aiohttp.ClientSession()
         sources = {c.name: self._source(c) for c in self.config.connections}
@@ -331,7 +340,7 @@ async def serve(
     daemon = Daemon(config, sockets=SocketPool(listen_fds()))
     try:
         await daemon.start()
-    except OSError as exc:
+    except (OSError, FileError) as exc:
         log.error("cannot start", error=str(exc))
         await daemon.stop()
         return 1

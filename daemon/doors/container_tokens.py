@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from credential_sidecar.files import acl_grants, atomic_write, grant_read
+from credential_sidecar.files import FileError, acl_grants, atomic_write, grant_read, private_dir
 from credential_sidecar.logs import SECRETS, get_logger
 
 log = get_logger()
@@ -118,13 +118,17 @@ def load_or_create_token(
     the temporary file before it holds a byte; it appears whole or not at all (written aside,
     then hard-linked into place, which never replaces a file someone else created meanwhile).
     A missing directory is created 0711 (others may reach a file they know the name of, not
-    list the directory). Returns (token, created).
+    list the directory); an existing one must be the daemon's and not writable by group or
+    others. Returns (token, created).
     """
+    try:
+        private_dir(path.parent, "container token directory", 0o711)
+    except FileError as exc:
+        raise TokenError(str(exc)) from None
     try:
         return read_token(path, uids, gids), False
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
     token = secrets.token_urlsafe(32)
     try:
         atomic_write(path, token.encode("ascii"), mode=0o600, replace=False,
@@ -169,10 +173,10 @@ class TokenBook:
             self.paths[name] = path
             try:
                 if configured is None:
-                    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    private_dir(state_dir, "state_dir")
                 token, created = load_or_create_token(path, conn.allowed_uids, conn.allowed_gids)
-            except (TokenError, OSError) as exc:
-                message = str(exc) if isinstance(exc, TokenError) else (
+            except (TokenError, FileError, OSError) as exc:
+                message = str(exc) if isinstance(exc, TokenError | FileError) else (
                     f"container token file {path}: {exc.strerror or exc}")
                 self.problems[name] = message
                 log.error("connection not served on the container door", connection=name,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from credential_sidecar.doors.peers import Grantee, Peer, admits
+from credential_sidecar.files import FileError, private_dir
 from credential_sidecar.logs import get_logger
 from credential_sidecar.renewal.manager import CredentialManager
 
@@ -69,10 +70,15 @@ class Refused(Exception):
 def bind_socket(path: Path) -> socket.socket:
     """A listening Unix socket at ``path``, mode 0660 before anyone can connect.
 
-    The directory is created (0750) if missing. A socket file left by a daemon that died is
-    removed; a live one (another daemon answers) or a file that is not a socket is refused.
+    The directory is created (0750) if missing; an existing one must be the daemon's and not
+    writable by group or others (files.private_dir). A socket file left by a daemon that died is
+    removed; a live one (another daemon answers), one someone else made, or a file that is not a
+    socket is refused.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    try:
+        private_dir(path.parent, "control socket directory", 0o750)
+    except FileError as exc:
+        raise OSError(str(exc)) from None
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -80,6 +86,11 @@ def bind_socket(path: Path) -> socket.socket:
     else:
         if not stat.S_ISSOCK(st.st_mode):
             raise OSError(f"control socket {path} exists and is not a socket; remove it")
+        if st.st_uid != os.geteuid():
+            raise OSError(
+                f"control socket {path} belongs to uid {st.st_uid}, not to the daemon (uid"
+                f" {os.geteuid()}): someone else made it; remove it"
+            )
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.settimeout(1.0)
