@@ -220,11 +220,13 @@ def configure(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    # After the fields are set: blank, scrub, render, scrub the rendered line.
-    tail: list[Any] = [RedactSecrets()]
+    # After the fields are set: the traceback as text (before redaction, which would turn an
+    # exception object into its repr and lose the traceback), blank, scrub, render, scrub the
+    # rendered line.
+    tail: list[Any] = []
     if fmt != "console":
         tail.append(structlog.processors.format_exc_info)
-    tail += [renderer, _scrub_rendered(SECRETS)]
+    tail += [RedactSecrets(), renderer, _scrub_rendered(SECRETS)]
     if writes_to_journal(stream or sys.stderr):
         tail.append(_journal_prefix)
     structlog.configure(
