@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from credential_sidecar import logs
+from credential_sidecar import hardening, logs
 from credential_sidecar.clock import Clock, clock_from_env
 from credential_sidecar.config.errors import ConfigError
 from credential_sidecar.config.load import load_config
@@ -397,4 +397,18 @@ def run(config_path: str) -> int:
         print(exc, file=sys.stderr)
         return 2
     logs.configure(config.daemon.log_format, config.daemon.log_level)
+    _harden()
     return asyncio.run(serve(config, config_path))
+
+
+def _harden() -> None:
+    """No core dump, no same-uid ptrace (hardening.py); a failure is logged, not fatal."""
+    try:
+        facts = hardening.harden()
+    except OSError as exc:
+        log.warning("process could not be made non-dumpable", error=str(exc))
+        return
+    if facts["dumpable"] != 0 or facts["core_limit"] != [0, 0]:
+        log.warning("process only partly hardened: set LimitCORE=0", **facts)
+    else:
+        log.info("process hardened", **facts)
