@@ -179,8 +179,11 @@ def read_file(
         ) from None
     except OSError as exc:
         raise FileError(f"{what} {path} cannot be opened: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):  # fdopen() would refuse it with a bare IsADirectoryError
+        os.close(fd)
+        refuse_irregular(path, what, st)
     with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(handle.fileno())
         if private:
             refuse_exposed(path, what, st, handle.fileno())
         else:

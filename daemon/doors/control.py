@@ -60,6 +60,35 @@ def peer_of(sock: socket.socket) -> Peer:
     return Peer(pid, uid, gid, groups)
 
 
+MAX_DEPTH = 8  # a request is one flat object: {"op": ..., "name": ...}
+
+
+def _depth(line: bytes) -> int:
+    """How deep brackets nest outside strings, before json.loads recurses into them (a line of
+    60 000 '[' made json.loads raise RecursionError: an InternalError and a traceback)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_DEPTH:
+                    return deepest
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
 class Refused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -216,9 +245,11 @@ class ControlServer:
             self.on_answer(self.door, status)
 
     def _handle(self, line: bytes, peer: Peer) -> dict[str, Any]:
+        if _depth(line) > MAX_DEPTH:
+            raise Refused("BadRequest", f"JSON nested deeper than {MAX_DEPTH} levels")
         try:
             request = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise Refused("BadRequest", "each request is one JSON object on one line") from None
         if not isinstance(request, dict):
             raise Refused("BadRequest", "each request is one JSON object on one line")

@@ -220,3 +220,27 @@ async def test_clients_beyond_a_uids_share_are_closed_at_connect(
     assert running.server.rejected == 1
     for _, w in [*held, (reader, writer)]:
         w.close()
+
+
+@pytest.mark.parametrize("line", [b"[" * 60000 + b"\n", b'{"op": ' + b"{" * 20000 + b"\n",
+                                  b'{"op": "status", "x": ' + b"[" * 9 + b"]" * 9 + b"}\n"])
+async def test_deep_nesting_is_a_bad_request_not_a_crash(
+    running: Running, line: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, writer = await asyncio.open_unix_connection(str(running.path))
+    try:
+        writer.write(line)
+        await writer.drain()
+        answer = json.loads(await reader.readline())
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert answer["code"] == "BadRequest" and "nested deeper than 8" in answer["message"]
+    assert running.answers == [("control", 400)]
+    assert "Traceback" not in caplog.text
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    from credential_sidecar.doors.control import _depth
+
+    assert _depth(b'{"op": "[[[[[[[[[[[[\\"{{{{{{{{{{{{"}') == 1
