@@ -145,9 +145,10 @@ class Daemon:
 
     def _health_door(self) -> Door:
         assert self.config.health is not None
-        health = HealthApp(self._manager(), self._required, self._describe)
+        guard = HostGuard(self.config.health.listen.host)  # DNS rebinding: /status, /metrics
+        health = HealthApp(self._manager(), self._required, self._describe, guard=guard)
         health.app.router.add_get("/metrics", self._metrics().handle)
-        return health.app, self.config.health.listen, None
+        return health.app, self.config.health.listen, guard
 
     # -- who may take a set over TCP (doors/access.py) ----------------------------------------
 

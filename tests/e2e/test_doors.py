@@ -490,3 +490,14 @@ def test_sighup_rereads_tokens_starts_new_ones_and_moves_the_socket(tmp_path: Pa
                     c["accessKeyId"] for c in emu.stats()["issued"]}
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("path", ["status", "metrics", "readyz", "healthz"])
+def test_the_health_door_refuses_a_rebound_host(stack: Stack, path: str) -> None:
+    base = stack.daemon.url("health")
+    port = base.rstrip("/").rsplit(":", 1)[1]
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1:1"):
+        status, _, body = h.http("GET", base + path, {"Host": host})
+        assert status == 400 and json.loads(body)["Code"] == "BadHost", host
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+        assert h.http("GET", base + path, {"Host": host})[0] == 200, host
