@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -180,3 +181,44 @@ def test_each_user_reads_only_their_connections_token_file(stack: Stack) -> None
     for who, name in ((stack.carol, "app"), (stack.bob, "app"), (stack.alice, "team"),
                       (stack.carol, "open")):
         assert read(who, name) == "EACCES", (who, name)
+
+
+def test_a_reload_moves_access_to_whom_allowed_uids_now_name(tmp_path: Path) -> None:
+    users.need_root()
+    material = h.make_pki(tmp_path / "pki")
+    tokens = Path(tempfile.mkdtemp(prefix="csx-reload-tokens-"))
+    tokens.chmod(0o711)
+    token_file = tokens / "app.token"
+    try:
+        with users.throwaway_user() as before, users.throwaway_user() as after, \
+                h.emulator(tmp_path, [material.ca_file]) as emu:
+            def conns(uid: int) -> list[dict[str, object]]:
+                return [h.connection("app", material, emu.url, allowed_uids=[uid],
+                                     container_token_file=str(token_file))]
+
+            extra = {"container": {"listen": "127.0.0.1:0"}}
+            with h.daemon(tmp_path, conns(before.uid), extra=extra) as daemon:
+                imds = daemon.url("imds:app")
+
+                def read(who: users.User) -> str:
+                    out = users.as_user(who, READ, str(token_file))
+                    assert out.returncode == 0, out.stderr
+                    return out.stdout.strip()
+
+                token = token_file.read_text()
+                assert read(before) == token and read(after) == "EACCES"
+                assert users.as_user(before, IMDS, imds).stdout.startswith("[200, 200, 200")
+                config = h.daemon_config(tmp_path, conns(after.uid), extra=extra)
+                daemon.config_path.write_text(h.to_toml(config))
+                daemon.process.proc.send_signal(signal.SIGHUP)
+                h.wait_for(lambda: any(e.get("event") == "reloaded" for e in daemon.events()),
+                           what="the reload")
+                # The same token, now readable by the new uid only; the doors follow too.
+                assert read(after) == token and read(before) == "EACCES"
+                assert users.as_user(after, IMDS, imds).stdout.startswith("[200, 200, 200")
+                assert users.as_user(before, IMDS, imds).stdout.startswith("[403, 403, 403")
+                status, _ = users.fetch_as(before, daemon.url("container") + "v1/credentials/app",
+                                           {"Authorization": token})
+                assert status == 403
+    finally:
+        shutil.rmtree(tokens, ignore_errors=True)
