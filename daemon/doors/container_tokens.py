@@ -86,8 +86,10 @@ def read_token(path: Path, uids: Sequence[int] = (), gids: Sequence[int] = ()) -
         st = os.fstat(fd)
         mode = stat.S_IMODE(st.st_mode)
         # With an ACL the group bits are its mask; only the file's own group must have nothing.
-        if mode & 0o077 and (mode & 0o037 or "the file's group" in (
-                acl_grants(fd, st.st_uid) or ["the file's group"])):
+        # (No ACL: the group bits are the group's. An ACL naming only the daemon's own uid
+        # grants nobody else: [].)
+        grants = acl_grants(fd, st.st_uid) if mode & 0o070 else []
+        if mode & 0o037 or grants is None or "the file's group" in grants:
             raise TokenError(
                 f"container token file {path} has mode {mode:04o} after setting its access:"
                 f" run: setfacl -b {path} && chmod 600 {path}"

@@ -67,6 +67,13 @@ def test_the_token_file_grants_read_to_each_allowed_uid_and_gid_by_acl(tmp_path:
     assert _mode(path) == 0o600 and acl_grants(path, os.geteuid()) is None
 
 
+def test_naming_the_daemons_own_uid_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "app.token"
+    token, _ = load_or_create_token(path, [os.geteuid()], [])
+    assert load_or_create_token(path, [os.geteuid()], []) == (token, False)
+    assert acl_grants(path, os.geteuid()) == []  # an entry, but for nobody else
+
+
 def test_an_older_0640_token_file_is_narrowed(tmp_path: Path) -> None:
     path = tmp_path / "app.token"
     path.write_text("operator-chosen-token-0123456789")
