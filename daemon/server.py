@@ -81,7 +81,8 @@ class Daemon:
                                        daemon_ca_bundle=self.config.daemon.ca_bundle)
         if isinstance(connection, AccessKeysConnection):
             return AccessKeySource(connection, self.clock,
-                                   warn_after_days=self.config.daemon.key_age_warning_days)
+                                   warn_after_days=self.config.daemon.key_age_warning_days,
+                                   daemon_ca_bundle=self.config.daemon.ca_bundle)
         raise TypeError(f"no credential source for {type(connection).__name__}")
 
     def _required(self) -> list[str]:

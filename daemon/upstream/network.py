@@ -224,6 +224,16 @@ def _proxy_refusal(status: int, reason: str, url: str, proxy: str) -> str:
     return f"{text} ({hint})" if hint else text
 
 
+def _proxy_of(exc: BaseException) -> str | None:
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return str(exc.request_info.real_url.with_user(None))  # the request went to the proxy
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return f"http://{exc.host}:{exc.port}"
+    key = getattr(exc, "_conn_key", None)
+    proxy = getattr(key, "proxy", None)
+    return None if proxy is None else str(proxy.with_user(None))
+
+
 def _oserror_text(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
@@ -239,7 +249,15 @@ def classify(
     *,
     ca_bundle: str | os.PathLike[str] | None = None,
 ) -> str:
-    """One line for the operator: what failed, where, and what to look at. No secrets."""
+    """One line for the operator: what failed, where, and what to look at. No secrets.
+
+    ``proxy`` None: taken from the exception where aiohttp recorded it (botocore's callers
+    do not know which proxy aiohttp used).
+    """
+    if proxy is None:
+        proxy = _proxy_of(exc)
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        url = str(exc.request_info.url)  # the CONNECT's target
     via = f" via proxy {redact(proxy)}" if proxy else ""
     target = _target(url)
     if isinstance(exc, ProxyRefused):

@@ -52,6 +52,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from credential_sidecar.files import FileError, read_file
+from credential_sidecar.logs import SECRETS
 
 __all__ = [
     "ProxyConfigError",
@@ -312,6 +313,7 @@ def load_proxy_credentials(path: str | os.PathLike[str]) -> ProxyCredentials:
     user, sep, password = lines[0].rstrip("\r").partition(":")
     if not sep or not user:
         raise ProxyConfigError(f"proxy credentials file {p}: expected user:password")
+    SECRETS.add(password)  # never in a log line, whatever logs it
     return ProxyCredentials(user, password)
 
 

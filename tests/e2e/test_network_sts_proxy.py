@@ -13,7 +13,12 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import EndpointConnectionError, ProxyConnectionError, SSLError
 
+from credential_sidecar.clock import SystemClock
+from credential_sidecar.config.load import parse_config
+from credential_sidecar.config.model import AccessKeysConnection
+from credential_sidecar.upstream.access_keys import AccessKeySource
 from credential_sidecar.upstream.aws_network import BotoNetwork, boto_network, classify_botocore
+from credential_sidecar.upstream.base import UpstreamError
 from tests.helpers.moto_tls import MotoTLS, run_moto_tls
 from tests.helpers.tinyproxy import Tinyproxy, proxy_fixture
 
@@ -206,3 +211,74 @@ async def test_proxy_unreachable(moto: MotoTLS) -> None:
     exc, message = await failure(net)
     assert isinstance(exc, ProxyConnectionError)
     assert message == "cannot connect to proxy http://127.0.0.1:1: Connection refused"
+
+
+# --- the daemon's AccessKeySource with the connection's network settings -------------------------
+
+KEY_ID = "AKIAIOSFODNN7EXAMPLE"
+
+
+def key_source(tmp: Path, moto: MotoTLS, **extra: Any) -> AccessKeySource:
+    secret = tmp / "k.secret"
+    secret.write_text("x" * 40 + "\n")
+    secret.chmod(0o600)
+    data = {"name": "k", "type": "access-keys", "access_key_id": KEY_ID,
+            "secret_access_key_file": str(secret), "endpoint": moto.url, **extra}
+    conn = parse_config({"connections": [data]}).connections[0]
+    assert isinstance(conn, AccessKeysConnection)
+    return AccessKeySource(conn, SystemClock(), learn=False, timeout=5.0)
+
+
+async def test_access_keys_through_auth_proxy(
+    tmp_path: Path, moto: MotoTLS, auth_proxy: Tinyproxy, creds_file: Path
+) -> None:
+    source = key_source(tmp_path, moto, proxy=auth_proxy.url, ca_bundle=str(moto.ca_pem),
+                        proxy_credentials_file=str(creds_file))
+    before = len(auth_proxy.connects())
+    try:
+        creds = await source.fetch()
+    finally:
+        await source.close()
+    assert creds.session_token  # plain moto's GetSessionToken answered through the proxy
+    assert len(auth_proxy.connects()) == before + 1
+
+
+async def test_access_keys_407_and_tls_messages(
+    tmp_path: Path, moto: MotoTLS, auth_proxy: Tinyproxy, open_proxy: Tinyproxy
+) -> None:
+    source = key_source(tmp_path, moto, proxy=auth_proxy.url, ca_bundle=str(moto.ca_pem))
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await source.fetch()
+    finally:
+        await source.close()
+    assert caught.value.code == "ConnectionError"
+    assert caught.value.message.startswith(
+        f"proxy {auth_proxy.url} refused the CONNECT to {moto.url.removeprefix('https://')}: "
+        "407 Proxy Authentication Required"
+    )
+    system = "/etc/ssl/certs/ca-certificates.crt"
+    source = key_source(tmp_path, moto, proxy=open_proxy.url, ca_bundle=system)
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await source.fetch()
+    finally:
+        await source.close()
+    assert caught.value.message.startswith(
+        f"TLS certificate verification failed for {moto.url.removeprefix('https://')} via proxy "
+        f"{open_proxy.url}: unable to get local issuer certificate"
+    )
+
+
+async def test_access_keys_no_proxy_cidr(
+    tmp_path: Path, moto: MotoTLS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")  # dead: must not be used
+    monkeypatch.setenv("NO_PROXY", "127.0.0.0/8")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(moto.ca_pem))
+    source = key_source(tmp_path, moto)
+    try:
+        creds = await source.fetch()
+    finally:
+        await source.close()
+    assert creds.session_token
