@@ -81,10 +81,12 @@ class Daemon:
 
     def _source(self, connection: object) -> CredentialSource:
         if isinstance(connection, RolesAnywhereConnection):
-            return RolesAnywhereSource(connection, self.clock, http=self.http)
+            return RolesAnywhereSource(connection, self.clock, http=self.http,
+                                       daemon_ca_bundle=self.config.daemon.ca_bundle)
         if isinstance(connection, AccessKeysConnection):
             return AccessKeySource(connection, self.clock,
-                                   warn_after_days=self.config.daemon.key_age_warning_days)
+                                   warn_after_days=self.config.daemon.key_age_warning_days,
+                                   daemon_ca_bundle=self.config.daemon.ca_bundle)
         raise TypeError(f"no credential source for {type(connection).__name__}")
 
     def _required(self) -> list[str]:
