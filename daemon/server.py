@@ -151,7 +151,8 @@ class Daemon:
             self.clock,
             guard,
             allow_imdsv1=listener.allow_imdsv1,
-            token_key=self.token_key,
+            # One key per listener: a token from one connection's door is refused at another's.
+            token_key=derive_key(self.token_key, f"imds:{name}") if self.token_key else None,
             access=self._access(),
             door=f"imds:{name}",
         )
