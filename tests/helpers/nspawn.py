@@ -70,7 +70,7 @@ def _run(cmd: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[st
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[TextIO]:
+def locked(path: Path) -> Iterator[TextIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -106,7 +106,7 @@ def root_tarball(flavour: str = "full") -> Path:
     keyed = "".join(f"{x}\n" for x in (FORMAT, SUITE, "minbase", mirror, *packages))
     key = hashlib.sha256(keyed.encode()).hexdigest()[:16]
     tarball = CACHE / f"{SUITE}-{flavour}-{key}.tar.zst"
-    with _locked(CACHE / f"{tarball.name}.lock"):
+    with locked(CACHE / f"{tarball.name}.lock"):
         if tarball.exists():
             return tarball
         started = time.monotonic()
@@ -148,7 +148,7 @@ def unpacked(tarball: Path) -> Path:
     """The tarball unpacked once (read-only lower layer of every machine)."""
     dest = CACHE / "unpacked" / tarball.name.removesuffix(".tar.zst")
     done = dest.with_name(dest.name + ".complete")
-    with _locked(dest.with_name(dest.name + ".lock")):
+    with locked(dest.with_name(dest.name + ".lock")):
         if not done.exists():
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True)
@@ -159,8 +159,11 @@ def unpacked(tarball: Path) -> Path:
 
 
 def _pip(python: str, *args: str, timeout: float = 900) -> None:
+    # SOURCE_DATE_EPOCH: the same source gives the same wheel bytes, so the layers and image
+    # stages keyed by its content are reused
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
     result = subprocess.run([python, "-m", "pip", *args], capture_output=True, text=True,
-                            timeout=timeout, check=False)
+                            timeout=timeout, check=False, env=env)
     if result.returncode != 0:
         noise = "\n".join(line for line in result.stderr.splitlines() if PIP_NOISE not in line)
         raise RuntimeError(f"pip {' '.join(args[:2])} failed:\n{result.stdout[-2000:]}\n{noise}")
@@ -177,7 +180,7 @@ def wheelhouse(src: Path) -> Path:
     deps = sorted(project["project"]["dependencies"])
     key = hashlib.sha256(("cp311\n" + "\n".join(deps) + "\n").encode()).hexdigest()[:16]
     house = CACHE / f"wheels-{key}"
-    with _locked(CACHE / f"wheels-{key}.lock"):
+    with locked(CACHE / f"wheels-{key}.lock"):
         house.mkdir(parents=True, exist_ok=True)
         if not (house / ".deps-complete").exists():
             with tempfile.NamedTemporaryFile("w", suffix=".txt") as reqs:
@@ -202,7 +205,7 @@ def _build_env(requires: list[str]) -> Path:
     """A cached venv holding the build backend, so the project wheel builds offline in ~2 s."""
     key = hashlib.sha256((" ".join(requires) + "\n").encode()).hexdigest()[:12]
     env = CACHE / f"buildenv-{key}"
-    with _locked(CACHE / f"buildenv-{key}.lock"):
+    with locked(CACHE / f"buildenv-{key}.lock"):
         if not (env / ".complete").exists():
             shutil.rmtree(env, ignore_errors=True)
             _run([sys.executable, "-m", "venv", str(env)])
@@ -498,7 +501,7 @@ def build_layer(tarball: Path, key: str, script: str, *, lower: Sequence[Path] =
     it wrote (the overlay's upper dir) as a cached layer."""
     layer = CACHE / "layers" / key
     done = layer.with_name(key + ".complete")
-    with _locked(layer.with_name(key + ".lock")):
+    with locked(layer.with_name(key + ".lock")):
         if done.exists():
             return layer
         started = time.monotonic()

@@ -80,7 +80,7 @@ def base_image(tarball: Path) -> str:
 def build_image(tarball: Path, wheels: Path, tag: str = IMAGE) -> str:
     """Build tests/helpers/Containerfile (target app) with --network=none: nothing is fetched.
 
-    No `podman image prune` afterwards: the untagged stage-1 images are the layer cache."""
+    Only old dangling images are pruned afterwards: the untagged stage-1 images are the cache."""
     base = base_image(tarball)
     with tempfile.TemporaryDirectory() as context:
         ctx = Path(context)
@@ -95,6 +95,8 @@ def build_image(tarball: Path, wheels: Path, tag: str = IMAGE) -> str:
         podman("build", "-q", "--format", "docker", "--network=none", "--build-arg",
                f"BASE={base}", "--target", "app", "-t", tag, str(ctx), timeout=900)
         nspawn.log(f"image {tag} built in {time.monotonic() - started:.1f}s")
+    # Dangling images are this build's layer cache: keep a week of them, not every build's
+    podman("image", "prune", "-f", "--filter", "until=168h", check=False)
     return tag
 
 
