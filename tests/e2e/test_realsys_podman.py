@@ -86,6 +86,7 @@ def pod(image: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
     name = f"cs-pod-{os.getpid()}"
     keys, state = f"{name}-keys", f"{name}-state"
     containers = [f"{name}-{c}" for c in ("emulator", "key", "daemon", "app")]
+    pm.sweep()
     pm.remove([name], containers, [keys, state])
     locked = ["--read-only", "--cap-drop=ALL", "--security-opt", "no-new-privileges",
               "--user", f"{UID}:{UID}"]

@@ -114,6 +114,7 @@ def daemon_events(m: nspawn.Machine) -> list[dict[str, Any]]:
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Machine]:
     missing = nspawn.missing_tools()
     assert not missing, f"missing {missing}: tests/setup/realsys.sh installs them"
+    nspawn.sweep()
     tarball = nspawn.root_tarball()
     layers = nspawn.venv_layers(tarball, nspawn.wheelhouse(ROOT))
     tmp = tmp_path_factory.mktemp("realsys")

@@ -225,9 +225,14 @@ def cgroup_hierarchies() -> list[Path]:
     return [root / h for h in ("systemd", "unified") if (root / h / "cgroup.procs").exists()]
 
 
-def _rmdir_tree(path: Path) -> None:
+def _rmdir_tree(path: Path, timeout: float = 10) -> None:
+    """Remove a cgroup tree once its processes are gone (killed ones take a moment to exit)."""
     if not path.is_dir():
         return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+            procs.read_text().strip() for procs in path.rglob("cgroup.procs")):
+        time.sleep(0.05)
     for sub in sorted((d for d in path.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
         with contextlib.suppress(OSError):
             sub.rmdir()
@@ -428,8 +433,26 @@ class Machine:
             time.sleep(0.05)
         return False
 
+    def _orphans(self) -> list[int]:
+        """nspawn processes of a killed run that booted this root (no Popen to wait on)."""
+        want = f"--directory={self.root}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    argv = (entry / "cmdline").read_bytes().split(b"\0")
+                    if argv[0].endswith(b"systemd-nspawn") and want in argv:
+                        found.append(int(entry.name))
+        return found
+
     def stop(self, timeout: float = 20) -> None:
         started = time.monotonic()
+        for pid in [] if self.proc is not None else self._orphans():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # the guest's PID 1 dies with its namespace
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # nspawn --boot: halt the guest
             if not self._wait_exit(3) and self.leader and _alive(self.leader):
@@ -449,6 +472,12 @@ class Machine:
                               check=False).returncode != 0:
                 subprocess.run(["umount", "-l", str(self.root)], capture_output=True, check=False)
         for cgroup in self._cgroups():
+            # a guest whose nspawn was killed outlives it (its PID 1 is nspawn's child, not
+            # nspawn): whatever is still in the machine's cgroups is killed, PID 1 with it
+            for procs in cgroup.rglob("cgroup.procs"):
+                with contextlib.suppress(OSError, ValueError):
+                    for pid in procs.read_text().split():
+                        os.kill(int(pid), signal.SIGKILL)
             _rmdir_tree(cgroup)
         shutil.rmtree(f"/run/systemd/nspawn/propagate/{self.name}", ignore_errors=True)
         if self.run_dir.exists() and not _is_mount(self.root):
@@ -493,6 +522,18 @@ class Machine:
     def journal(self, unit: str) -> list[dict[str, object]]:
         out = self.run(["journalctl", "-u", unit, "-o", "json", "--no-pager"]).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def sweep() -> None:
+    """Stop machines left by killed test runs (names end in the pid of their test process)."""
+    names = [d.name for d in RUN_BASE.iterdir()] if RUN_BASE.is_dir() else []
+    names += [cg.name.removeprefix("cs-test-") for h in cgroup_hierarchies()
+              for cg in h.glob("cs-test-*")]
+    for name in sorted(set(names)):
+        match = re.search(r"(\d+)$", name)
+        if match and not _alive(int(match.group(1))):
+            log(f"removing the leftover machine {name}")
+            Machine(name, Path("unused.tar.zst")).stop()
 
 
 def build_layer(tarball: Path, key: str, script: str, *, lower: Sequence[Path] = (),

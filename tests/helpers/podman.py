@@ -13,6 +13,7 @@ What it takes (each found by trying, see :func:`engine`):
 from __future__ import annotations
 
 import hashlib
+import re
 import resource
 import shutil
 import subprocess
@@ -115,6 +116,18 @@ def healthy(container: str, timeout: float = 60) -> bool:
             return False
         time.sleep(0.2)
     return False
+
+
+def sweep(prefix: str = "cs-pod-") -> None:
+    """Remove pods (and their containers and volumes) left by killed test runs: their names end
+    in the pid of a test process that is gone."""
+    names = podman("pod", "ps", "--format", "{{.Name}}", check=False).stdout.split()
+    names += podman("volume", "ls", "--format", "{{.Name}}", check=False).stdout.split()
+    for name in names:
+        match = re.fullmatch(re.escape(prefix) + r"(\d+)(-\w+)?", name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            pod = prefix + match.group(1)
+            remove([pod], [], [f"{pod}-keys", f"{pod}-state"])
 
 
 def remove(pods: Sequence[str] = (), containers: Sequence[str] = (),
