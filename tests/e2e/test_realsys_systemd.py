@@ -269,3 +269,29 @@ def test_a_bad_config_is_not_restarted(guest: nspawn.Machine) -> None:
     finally:
         guest.write("/etc/credential-sidecar/config.toml", good)
         guest.run(["systemctl", "reset-failed", UNIT], check=False)
+
+
+def test_a_hung_daemon_is_restarted_by_the_watchdog(guest: nspawn.Machine) -> None:
+    """The keep-alives come from the event loop: a healthy daemon outlives several WatchdogSec=
+    periods, a frozen one (SIGSTOP) is killed and restarted, serving the cached set again."""
+    guest.write(f"/etc/systemd/system/{UNIT}.d/watchdog.conf", "[Service]\nWatchdogSec=2s\n")
+    guest.run(["systemctl", "daemon-reload"])
+    try:
+        guest.run(["systemctl", "start", UNIT], timeout=120)
+        first = wait_active(guest)
+        deadline = time.monotonic() + 6  # three periods: no restart while it is healthy
+        while time.monotonic() < deadline:
+            assert guest.show(UNIT, "NRestarts")["NRestarts"] == first["NRestarts"]
+            time.sleep(0.5)
+        guest.run(["kill", "-STOP", first["MainPID"]])
+        h.wait_for(lambda: guest.show(UNIT, "NRestarts")["NRestarts"] != first["NRestarts"],
+                   timeout=30, what="the watchdog to restart the frozen daemon")
+        again = wait_active(guest)
+        assert again["MainPID"] != first["MainPID"]
+        journal = guest.run(["journalctl", "-u", UNIT, "-o", "cat", "--no-pager"]).stdout
+        assert "Watchdog timeout" in journal
+        assert imds_credentials(guest)["Code"] == "Success"
+    finally:
+        guest.run(["rm", "-f", f"/etc/systemd/system/{UNIT}.d/watchdog.conf"])
+        guest.run(["systemctl", "daemon-reload"])
+        guest.run(["systemctl", "stop", UNIT], timeout=60, check=False)
