@@ -474,7 +474,14 @@ def run(config_path: str) -> int:
     try:
         config = load_config(config_path)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        if logs.writes_to_journal(sys.stderr):
+            # Under systemd, before the config could say how to log: one JSON line at error
+            # priority, so `journalctl -p err` shows why the start failed.
+            logs.configure("json", "info")
+            log.error("not starting: the configuration is invalid", config=config_path,
+                      problems=exc.problems)
+        else:
+            print(exc, file=sys.stderr)
         return 2
     logs.configure(config.daemon.log_format, config.daemon.log_level)
     _harden()
