@@ -149,16 +149,20 @@ def missing(path: Path, what: str) -> FileError:
     return FileError(f"{what} {path} does not exist: create it or fix the path in the config")
 
 
-def check_private_file(path: Path, what: str) -> None:
-    """Refuse a secret file that group or others can read or write, as ssh does with keys."""
-    path = Path(path)
+def _inspect(path: Path, what: str, *, follow: bool) -> os.stat_result:
+    """stat() (or lstat()), with the daemon's messages: which file, what is wrong."""
     try:
-        st = os.stat(path)
+        return os.stat(path) if follow else os.lstat(path)
     except FileNotFoundError:
         raise missing(path, what) from None
     except OSError as exc:
         raise FileError(f"{what} {path} cannot be inspected: {exc.strerror}") from None
-    refuse_exposed(path, what, st)
+
+
+def check_private_file(path: Path, what: str) -> None:
+    """Refuse a secret file that group or others can read or write, as ssh does with keys."""
+    path = Path(path)
+    refuse_exposed(path, what, _inspect(path, what, follow=True))
 
 
 def read_file(
@@ -217,12 +221,7 @@ def check_owned(path: Path, what: str, *, allow_root: bool = False,
     read the daemon's memory anyway), and group and others must not be able to write it.
     ``kind`` "dir" or "file" also checks the type. Returns its lstat()."""
     path = Path(path)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise missing(path, what) from None
-    except OSError as exc:
-        raise FileError(f"{what} {path} cannot be inspected: {exc.strerror}") from None
+    st = _inspect(path, what, follow=False)
     if stat.S_ISLNK(st.st_mode):
         raise FileError(
             f"{what} {path} is a symbolic link: the daemon follows no link it did not make;"

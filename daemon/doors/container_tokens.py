@@ -167,12 +167,15 @@ class TokenBook:
 
     def sync(self, connections: Iterable[TokenOwner], state_dir: Path) -> None:
         """Load (or create) every connection's token; a bad file disables only its connection."""
+        # Built aside and swapped in at the end: sync runs in a thread on reload and on retries,
+        # and /readyz must never see a half-done sync (no problems yet, or no paths).
         digests: dict[str, bytes] = {}
-        self.paths, self.problems = {}, {}
+        paths: dict[str, Path] = {}
+        problems: dict[str, str] = {}
         for conn in connections:
             name, configured = conn.name, conn.container_token_file
             path = configured or default_token_path(state_dir, name)
-            self.paths[name] = path
+            paths[name] = path
             try:
                 if configured is None:
                     private_dir(state_dir, "state_dir")
@@ -180,7 +183,7 @@ class TokenBook:
             except (TokenError, FileError, OSError) as exc:
                 message = str(exc) if isinstance(exc, TokenError | FileError) else (
                     f"container token file {path}: {exc.strerror or exc}")
-                self.problems[name] = message
+                problems[name] = message
                 log.error("connection not served on the container door", connection=name,
                           error=message)
                 continue
@@ -188,7 +191,7 @@ class TokenBook:
             digests[name] = _digest(token)
             if created:
                 log.info("container token created", connection=name, file=str(path))
-        self._digests = digests
+        self._digests, self.paths, self.problems = digests, paths, problems
 
     def owner(self, presented: str) -> str | None:
         """The connection this token belongs to, compared in constant time against all."""

@@ -38,7 +38,7 @@ from credential_sidecar.upstream.private_key import (
     load_private_key,
     pem_labels,
 )
-from credential_sidecar.upstream.sigv4_x509 import AnyKey, algorithm_for
+from credential_sidecar.upstream.sigv4_x509 import AnyKey, SigningKey, algorithm_for
 
 PKCS12_SUFFIXES = (".p12", ".pfx")
 
@@ -252,67 +252,80 @@ def load_identity(
     across certificate reloads instead, see there).
     """
     if is_hardware(private_key):
-        try:
-            hw_key = (hardware or HardwareSettings()).open(str(private_key))
-        except HardwareKeyError as exc:
-            raise FileError(str(exc)) from None
-        try:
-            return load_hardware_identity(certificate, hw_key, _optional_path(intermediates))
-        except BaseException:
-            hw_key.close()
-            raise
+        return _hardware_identity(certificate, str(private_key), intermediates, hardware)
     if isinstance(certificate, str) or isinstance(private_key, str):
         raise FileError("a pkcs11: certificate needs a pkcs11: private_key")
-    certificate = Path(certificate)
-    private_key = _optional_path(private_key)
     passphrase_file = _optional_path(passphrase_file)
-    intermediates = _optional_path(intermediates)
-
     # Refused even when the key turns out unencrypted: a readable passphrase is a leak either way.
     if passphrase_file is not None:
         check_private_file(passphrase_file, "private key passphrase file")
+    leaf, key, extra = _leaf_and_key(Path(certificate), _optional_path(private_key),
+                                     passphrase_file)
+    extra += _intermediates(_optional_path(intermediates))
+    return Identity(certificate=leaf, private_key=key, chain=_unique_chain(leaf, extra))
 
+
+def _hardware_identity(
+    certificate: Path | str, uri: str, intermediates: Path | None,
+    hardware: HardwareSettings | None,
+) -> Identity:
+    try:
+        hw_key = (hardware or HardwareSettings()).open(uri)
+    except HardwareKeyError as exc:
+        raise FileError(str(exc)) from None
+    try:
+        return load_hardware_identity(certificate, hw_key, _optional_path(intermediates))
+    except BaseException:
+        hw_key.close()
+        raise
+
+
+def _leaf_and_key(
+    certificate: Path, private_key: Path | None, passphrase_file: Path | None
+) -> tuple[x509.Certificate, SigningKey, list[x509.Certificate]]:
+    """The leaf, its key and any other certificates its file carries (a chain, a bundle's CAs)."""
     if certificate.suffix.lower() in PKCS12_SUFFIXES:
         data, _ = read_file(certificate, "PKCS#12 bundle", private=True)
         leaf, key, extra = load_pkcs12(certificate, data, private_key, passphrase_file)
         _check_leaf(leaf, certificate)
-    else:
-        data, st = read_file(certificate, "certificate")
-        parsed = _parse_certificates(data, certificate, "certificate")
-        if parsed is None:
-            if not _looks_like_pkcs12(data):
-                raise FileError(
-                    f"certificate {certificate} is neither a PEM or DER X.509 certificate nor a "
-                    "PKCS#12 bundle: check the path and that the file is complete"
-                )
-            # Read before we knew it held a key: refuse it now, before the key is used.
-            refuse_exposed(certificate, "PKCS#12 bundle", st)
-            leaf, key, extra = load_pkcs12(certificate, data, private_key, passphrase_file)
-            _check_leaf(leaf, certificate)
-        else:
-            leaf, *extra = parsed
-            if private_key is None:
-                raise FileError(
-                    f"certificate {certificate} comes without a key: set private_key, "
-                    "or use a PKCS#12 bundle (.p12 or .pfx)"
-                )
-            _check_leaf(leaf, certificate)
-            key = load_private_key(private_key, passphrase_file)
-            if not key_matches(key, leaf):
-                raise FileError(
-                    f"private key {private_key} does not match certificate {certificate}"
-                )
-
-    if intermediates is not None:
-        data, _ = read_file(intermediates, "intermediates")
-        bundle = _parse_certificates(data, intermediates, "intermediates")
-        if bundle is None:
+        return leaf, key, list(extra)
+    data, st = read_file(certificate, "certificate")
+    parsed = _parse_certificates(data, certificate, "certificate")
+    if parsed is None:
+        if not _looks_like_pkcs12(data):
             raise FileError(
-                f"intermediates {intermediates} is not a PEM or DER X.509 certificate bundle: "
-                "check the path and that the file is complete"
+                f"certificate {certificate} is neither a PEM or DER X.509 certificate nor a "
+                "PKCS#12 bundle: check the path and that the file is complete"
             )
-        extra += bundle
-    return Identity(certificate=leaf, private_key=key, chain=_unique_chain(leaf, extra))
+        # Read before we knew it held a key: refuse it now, before the key is used.
+        refuse_exposed(certificate, "PKCS#12 bundle", st)
+        leaf, key, extra = load_pkcs12(certificate, data, private_key, passphrase_file)
+        _check_leaf(leaf, certificate)
+        return leaf, key, list(extra)
+    leaf, *chain = parsed
+    if private_key is None:
+        raise FileError(
+            f"certificate {certificate} comes without a key: set private_key, "
+            "or use a PKCS#12 bundle (.p12 or .pfx)"
+        )
+    _check_leaf(leaf, certificate)
+    key = load_private_key(private_key, passphrase_file)
+    if not key_matches(key, leaf):
+        raise FileError(f"private key {private_key} does not match certificate {certificate}")
+    return leaf, key, chain
+
+
+def _intermediates(path: Path | None) -> list[x509.Certificate]:
+    if path is None:
+        return []
+    data, _ = read_file(path, "intermediates")
+    bundle = _parse_certificates(data, path, "intermediates")
+    if bundle is None:
+        raise FileError(
+            f"intermediates {path} is not a PEM or DER X.509 certificate bundle: "
+            "check the path and that the file is complete"
+        )
+    return bundle
 
 
 # Inode, device, mtime, ctime, size and mode: ctime and mode catch a chmod that fixes a refusal.
