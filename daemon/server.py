@@ -27,6 +27,7 @@ from credential_sidecar.doors.container import ALIASES as CONTAINER_ALIASES
 from credential_sidecar.doors.container import ContainerApp
 from credential_sidecar.doors.container_tokens import TokenBook
 from credential_sidecar.doors.control import ControlServer
+from credential_sidecar.doors.credentials_file import CredentialsFiles
 from credential_sidecar.doors.guards import HostGuard
 from credential_sidecar.doors.health import HealthApp, readiness, status_rows
 from credential_sidecar.doors.imds import ImdsApp, ImdsIdentity
@@ -73,6 +74,7 @@ class Daemon:
         self.records = ConnectionRecords(config.daemon.state_dir)  # ids, created, modified
         self.token_key: bytes | None = None  # IMDS tokens: derived from the cache key
         self.listen_problems: dict[str, str] = {}  # door -> why it is not listening
+        self.credential_files: CredentialsFiles | None = None  # [[credentials_file]]
         self._chores: list[asyncio.Task[None]] = []
 
     def _source(self, connection: object) -> CredentialSource:
@@ -199,9 +201,12 @@ class Daemon:
         )
         self.metrics = Metrics(self.manager, self._describe)
         self.manager.on_upstream = self.metrics.observe_upstream
+        self.credential_files = CredentialsFiles(self.clock, self.manager.get)
+        self.manager.on_renewed.append(self.credential_files.renewed)
         # Every cached set is restored before a door accepts anyone: a restart never answers
         # "no credentials yet" for a set that sits fresh in the cache.
         await self.manager.restore()
+        await self.credential_files.start(self.config.credentials_file)
         doors = self._doors(self.config)
         listens = {door: spec.listen for door, (spec, _) in doors.items()}  # type: ignore[attr-defined]
         self.sockets.assign(listens)
@@ -218,6 +223,8 @@ class Daemon:
         if self.config.container is not None:
             problems.update({f"container:{name}": why for name, why in self.tokens.problems.items()
                              if name in {c.name for c in self.config.connections}})
+        if self.credential_files is not None:
+            problems.update(self.credential_files.door_problems())
         return problems
 
     async def _retry_token_files(self) -> None:
@@ -277,6 +284,8 @@ class Daemon:
         if config.control != old.control:
             await self._stop_control()
             await self._start_control()
+        if self.credential_files is not None:
+            await self.credential_files.reload(config.credentials_file)
 
     async def _reload_connection(self, before: Connection | None, after: Connection) -> None:
         """Keep what a reload did not change; make before break what it did."""
@@ -347,6 +356,8 @@ class Daemon:
         self.listeners.clear()
         if self.manager is not None:
             await self.manager.stop()
+        if self.credential_files is not None:
+            await self.credential_files.stop()
         if self.http is not None:
             await self.http.close()
         self.sockets.close()
@@ -383,7 +394,7 @@ async def serve(
     daemon = Daemon(config, sockets=SocketPool(listen_fds()))
     try:
         await daemon.start()
-    except OSError as exc:
+    except (OSError, FileError) as exc:
         log.error("cannot start", error=str(exc))
         await daemon.stop()
         return 1
