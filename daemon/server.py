@@ -53,7 +53,9 @@ from credential_sidecar.upstream.preflight import validate
 from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource, account_of
 
 log = logs.get_logger()
-Door = tuple[Any, Any, HostGuard | None]  # (aiohttp app, Address, host guard or None)
+# (aiohttp app, Address, host guard or None[, hop limit])
+Door = tuple[Any, Any, HostGuard | None] | tuple[Any, Any, HostGuard | None, int]
+IMDS_ALIASES = ("169.254.169.254", "fd00:ec2::254")  # EC2's IPv4 and IPv6 IMDS addresses
 
 
 class Daemon:
@@ -120,8 +122,11 @@ class Daemon:
     def _doors(self, config: Config) -> dict[str, tuple[object, Callable[[], Door]]]:
         """Every listener the config asks for: door name -> (its settings, how to build it)."""
         doors: dict[str, tuple[object, Callable[[], Door]]] = {}
-        for listener in config.imds:
-            doors[f"imds:{listener.connection}"] = (listener, partial(self._imds_door, listener))
+        seen: dict[str, int] = {}
+        for listener in config.imds:  # several per connection: imds:NAME, imds:NAME:2, ...
+            n = seen[listener.connection] = seen.get(listener.connection, 0) + 1
+            door = f"imds:{listener.connection}" + (f":{n}" if n > 1 else "")
+            doors[door] = (listener, partial(self._imds_door, listener))
         if config.container is not None:
             doors["container"] = (config.container, self._container_door)
         if config.health is not None:
@@ -140,7 +145,7 @@ class Daemon:
     def _imds_door(self, listener: ImdsListener) -> Door:
         manager = self._manager()
         conn = self.config.connection(listener.connection)
-        guard = HostGuard(listener.listen.host, aliases=("169.254.169.254",))
+        guard = HostGuard(listener.listen.host, aliases=IMDS_ALIASES)
         name = conn.name
         imds = ImdsApp(
             ImdsIdentity(name, conn.region, account_of(getattr(conn, "role_arn", None) or "")),
@@ -151,7 +156,7 @@ class Daemon:
             token_key=self.token_key,
             on_served=lambda _req: manager.record_use(name, f"imds:{name}"),
         )
-        return imds.app, listener.listen, guard
+        return imds.app, listener.listen, guard, listener.hop_limit
 
     def _health_door(self) -> Door:
         assert self.config.health is not None
@@ -236,10 +241,12 @@ class Daemon:
                 await asyncio.to_thread(self.tokens.sync, self.config.connections,
                                         self.config.daemon.state_dir)
 
-    async def _listen(self, door, app, address, guard: HostGuard | None) -> None:  # type: ignore[no-untyped-def]
+    async def _listen(self, door, app, address, guard: HostGuard | None,  # type: ignore[no-untyped-def]
+                      hop_limit: int | None = None) -> None:
         sock = self.sockets.socket_for(door, address)
         self._metrics().attach(door, app)
-        listener = Listener(door, app, address.host, address.port, sock=sock)
+        listener = Listener(door, app, address.host, address.port, sock=sock,
+                            hop_limit=hop_limit)
         port = await listener.start()
         self.listeners.append(listener)
         self.listen_problems.pop(door, None)
