@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from tests.helpers import harness as h
@@ -31,14 +32,16 @@ from tests.helpers.users import User, throwaway_user
 MARKER = "# managed by credential-sidecar; do not edit"
 CLI_V2 = "/usr/bin/aws"
 MOTO = Path(sys.executable).with_name("moto_server")
-# Debian's AWS CLI v2 carries botocore as awscli.botocore; the system python is the one the
-# throwaway user can run (the test venv's interpreter lives under root's home).
-BOTOCORE_SNIPPET = """
-import json
-from awscli.botocore.session import Session
-creds = Session(profile="{profile}").get_credentials().get_frozen_credentials()
+# The test venv's boto3, run by the system python 3.11: the venv's interpreter lives under
+# root's home, which the throwaway user cannot enter; its site-packages it can read.
+SITE_PACKAGES = str(Path(boto3.__file__).parents[1])
+BOTO3_SNIPPET = """
+import json, boto3
+session = boto3.Session(profile_name="{profile}")
+creds = session.get_credentials().get_frozen_credentials()
 print(json.dumps({{"access_key": creds.access_key, "secret_key": creds.secret_key,
-                  "token": creds.token}}))
+                  "token": creds.token, "method": session.get_credentials().method,
+                  "region": session.region_name}}))
 """
 
 
@@ -129,13 +132,16 @@ def test_clients_read_the_file_as_its_owner(tmp_path: Path, app_user: User,
             assert "expiration" not in profiles["default"]
             issued = {c["accessKeyId"]: c for c in emu.stats()["issued"]}
 
-            # botocore (as Debian's AWS CLI v2 carries it), as the owning user
+            # boto3 / botocore, as the owning user
             for profile, conn in (("default", "app"), ("other", "other")):
+                env = user_env(path, profile) | {"PYTHONPATH": SITE_PACKAGES}
+                env.pop("AWS_DEFAULT_REGION")
                 result = app_user.run(["/usr/bin/python3", "-c",
-                                       BOTOCORE_SNIPPET.format(profile=profile)],
-                                      user_env(path, profile))
+                                       BOTO3_SNIPPET.format(profile=profile)], env)
                 assert result.returncode == 0, result.stderr
                 got = json.loads(result.stdout)
+                assert got["method"] == "shared-credentials-file"
+                assert got["region"] == ("eu-west-1" if profile == "other" else None)
                 assert got["access_key"] == keys[conn]
                 assert got["secret_key"] == issued[keys[conn]]["secretAccessKey"]
                 assert got["token"] == issued[keys[conn]]["sessionToken"]
