@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from credential_sidecar.config.load import parse_config
 from credential_sidecar.credentials import Credentials
 from credential_sidecar.doors import credentials_file as cf
 from credential_sidecar.files import FileError
+from credential_sidecar.testing import FakeClock
 
 CONN = {"name": "backups", "type": "access-keys", "access_key_id": "AKIAIOSFODNN7EXAMPLE"}
 OTHER = {**CONN, "name": "reports"}
@@ -121,3 +123,58 @@ def test_unknown_users_are_named() -> None:
         cf.plan(entries.credentials_file)
     root = config({"path": "/x/c", "connection": "backups", "owner": 0}).credentials_file
     assert (cf.plan(root)[0].uid, cf.plan(root)[0].gid) == (0, 0)
+
+
+async def _until(check: Any, what: str) -> None:
+    """The writer runs in a task and a thread: wait for what it should do, bounded."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while not check():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def _holds(path: Path, text: str) -> bool:
+    return path.exists() and text in path.read_text()
+
+
+async def test_lifecycle_writes_retries_reloads_and_removes(tmp_path: Path) -> None:
+    clock = FakeClock()
+    home = tmp_path / "d"
+    home.mkdir(mode=0o755)
+    path = home / "creds"
+    held: dict[str, Credentials] = {}
+    files = cf.CredentialsFiles(clock, held.get)
+    one = config({"path": str(path), "connection": "backups", "on_stop": "remove"})
+    await files.start(one.credentials_file)
+    try:
+        assert not path.exists() and files.door_problems() == {}  # nothing to serve yet
+        held["backups"] = creds("ASIAAAAAAAAAAAAAAAAA")
+        files.renewed("reports")  # not this file's connection: nothing to do
+        assert not files._wake.is_set() and not path.exists()
+        files.renewed("backups")
+        await _until(lambda: _holds(path, "ASIAAAAAAAAAAAAAAAAA"), "the first write")
+
+        # the directory goes away: named, retried every 30 s, written once it is back
+        path.unlink()
+        home.rmdir()
+        held["backups"] = creds("ASIABBBBBBBBBBBBBBBB")
+        files.renewed("backups")
+        await _until(lambda: files.door_problems(), "the problem named")
+        assert list(files.door_problems()) == [f"credentials_file:{path}"]
+        home.mkdir(mode=0o755)
+        await clock.advance(cf.RETRY_SECONDS)
+        await _until(lambda: _holds(path, "ASIABBBBBBBBBBBBBBBB"), "the retry")
+        await _until(lambda: not files.door_problems(), "the problem cleared")
+
+        # a reload adds a profile for another connection
+        held["reports"] = creds("ASIACCCCCCCCCCCCCCCC")
+        two = config({"path": str(path), "connection": "backups", "on_stop": "remove"},
+                     {"path": str(path), "connection": "reports", "profile": "r",
+                      "on_stop": "remove"})
+        await files.reload(two.credentials_file)
+        await _until(lambda: _holds(path, "[r]\naws_access_key_id = ASIACCCCCCCCCCCCCCCC"),
+                     "the reloaded file")
+    finally:
+        await files.stop()
+    assert not path.exists()  # on_stop = "remove"
