@@ -21,6 +21,7 @@ import pwd
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from credential_sidecar.clock import Clock
@@ -184,15 +185,22 @@ class CredentialsFiles:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def configure(self, entries: Sequence[CredentialsFile]) -> None:
-        """Check every file (FileError naming the path): users, directory, foreign content."""
+    def configure(self, entries: Sequence[CredentialsFile], *, strict: bool = True) -> None:
+        """Check every file: users, directory, foreign content. ``strict`` (at start): raise
+        FileError naming the path. Otherwise (a reload) a refused file is kept as a problem,
+        and every write checks again, so it is written once the cause is fixed."""
         files = plan(entries)
+        paths = {str(f.path) for f in files}
+        problems = {k: v for k, v in self.problems.items() if k in paths}
         for file in files:
-            check_directory(file.path)
-            check_ours(file.path)
-        self.files = files
-        self.problems = {k: v for k, v in self.problems.items()
-                         if Path(k) in {f.path for f in files}}
+            try:
+                check_directory(file.path)
+                check_ours(file.path)
+            except FileError as exc:
+                if strict:
+                    raise
+                problems[str(file.path)] = str(exc)
+        self.files, self.problems = files, problems
         self._dirty = {f.path for f in files}
 
     async def start(self, entries: Sequence[CredentialsFile]) -> None:
@@ -206,10 +214,13 @@ class CredentialsFiles:
     async def reload(self, entries: Sequence[CredentialsFile]) -> None:
         """A reload never stops the daemon: a refused file becomes a problem, retried."""
         try:
-            await asyncio.to_thread(self.configure, entries)
-        except FileError as exc:
+            await asyncio.to_thread(partial(self.configure, entries, strict=False))
+        except FileError as exc:  # an unknown owner or group: the old files stay configured
             log.error("credentials files not changed by the reload", error=str(exc))
+            self.problems.update({str(e.path): str(exc) for e in entries})
             return
+        for path, why in self.problems.items():
+            log.error("credentials file refused; retrying", file=path, error=why)
         if self.files and not self._tasks:
             self._tasks = [asyncio.create_task(self._writer(), name="credentials-files"),
                            asyncio.create_task(self._retry(), name="credentials-files-retry")]

@@ -178,3 +178,29 @@ async def test_lifecycle_writes_retries_reloads_and_removes(tmp_path: Path) -> N
     finally:
         await files.stop()
     assert not path.exists()  # on_stop = "remove"
+
+
+def _foreign_file(directory: Path) -> Path:
+    directory.chmod(0o755)
+    foreign = directory / "foreign"
+    foreign.write_text("[default]\n")
+    return foreign
+
+
+async def test_a_reload_never_stops_the_daemon_over_a_file(tmp_path: Path) -> None:
+    foreign = _foreign_file(tmp_path)
+    clock = FakeClock()
+    held = {"backups": creds("ASIAAAAAAAAAAAAAAAAA")}
+    files = cf.CredentialsFiles(clock, held.get)
+    await files.start([])
+    try:
+        await files.reload(config({"path": str(foreign), "connection": "backups"}
+                                  ).credentials_file)
+        assert "did not write" in files.door_problems()[f"credentials_file:{foreign}"]
+        await files.reload(config({"path": str(tmp_path / "x"), "connection": "backups",
+                                   "owner": "no-such-user-here"}).credentials_file)
+        assert "no-such-user-here" in files.door_problems()[f"credentials_file:{tmp_path / 'x'}"]
+        await clock.advance(cf.RETRY_SECONDS)
+        assert foreign.read_text() == "[default]\n"
+    finally:
+        await files.stop()
