@@ -116,13 +116,23 @@ def check_directory(path: Path) -> None:
                         f" group or others may write it; run: chmod go-w {parent}")
 
 
-def check_ours(path: Path) -> None:
+def check_ours(path: Path, owner: int = -1) -> None:
     """The file at ``path`` is absent, empty, or one the daemon wrote (its first line is
-    MARKER). Never follows a link."""
+    MARKER). Never follows a link.
+
+    A daemon that may chown (CAP_CHOWN) but not read other users' files cannot read back a
+    0600 file it gave to ``owner``: such a file, regular and owned by ``owner``, is taken as
+    its own (the directory rules mean only root or the daemon can have put it there)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return
+    except PermissionError:
+        st = os.lstat(path)
+        if owner != -1 and stat.S_ISREG(st.st_mode) and st.st_uid == owner:
+            return
+        raise FileError(f"credentials file {path} cannot be read by the daemon to check it is"
+                        " its own: remove it, or let the daemon read it") from None
     except OSError as exc:
         if os.path.islink(path):
             raise FileError(f"credentials file {path} is a symbolic link; the daemon does not"
@@ -163,7 +173,7 @@ def write(file: FilePlan, lookup: Callable[[str], Credentials | None]) -> str | 
             return None
         sets.append((profile, creds, region))
     check_directory(file.path)
-    check_ours(file.path)
+    check_ours(file.path, file.uid)
 
     def owner(fd: int) -> None:
         if file.uid != -1 or file.gid != -1:
@@ -195,7 +205,7 @@ class CredentialsFiles:
         for file in files:
             try:
                 check_directory(file.path)
-                check_ours(file.path)
+                check_ours(file.path, file.uid)
             except FileError as exc:
                 if strict:
                     raise
@@ -284,6 +294,6 @@ class CredentialsFiles:
         for file in self.files:
             if file.on_stop == "remove":
                 with contextlib.suppress(FileError, OSError):
-                    check_ours(file.path)
+                    check_ours(file.path, file.uid)
                     file.path.unlink()
                     log.info("credentials file removed", file=str(file.path))
