@@ -102,6 +102,9 @@ class Daemon:
         if isinstance(source, AccessKeySource):
             row.update(source.describe())  # key id, key age, whose key
         row["optional"] = c.optional
+        if self.credential_files is not None:
+            row["credentials_files"] = [str(f.path) for f in self.credential_files.files
+                                        if name in f.connections]
         if self.config.container is not None and name in self.tokens.paths:
             row["container_token_file"] = str(self.tokens.paths[name])
         return row

@@ -217,9 +217,10 @@ def test_renewals_full_disk_and_kill(tmp_path: Path, app_user: User, small_fs: P
     material = h.make_pki(tmp_path / "pki")
     path = small_fs / "app.credentials"
     files = [{"path": str(path), "connection": "app", "owner": app_user.uid}]
+    extra = {"credentials_file": files, "control": {"socket": str(tmp_path / "c.sock")}}
     with h.emulator(tmp_path, [material.ca_file], env=env) as emu:
         conns = [h.connection("app", material, emu.url)]
-        with h.daemon(tmp_path, conns, env=env, extra={"credentials_file": files},
+        with h.daemon(tmp_path, conns, env=env, extra=extra,
                       expect_exit=None) as daemon:  # killed with SIGKILL below
             def current() -> str | None:
                 key = served(daemon)["app"]
@@ -258,6 +259,11 @@ def test_renewals_full_disk_and_kill(tmp_path: Path, app_user: User, small_fs: P
             _, body = h.wait_for(lambda: (r := readyz(daemon))[0] == 503 and r,
                                  what="/readyz naming the file")
             assert f"credentials_file:{path}" in body["not_ready"], body
+            shown = h.run_cli(["status", "--config", str(daemon.config_path)])
+            assert f"not ready: credentials_file:{path}: not written: No space left" in \
+                shown.stdout, shown.stdout + shown.stderr
+            _, _, raw = h.http("GET", daemon.url("health") + "status")
+            assert json.loads(raw)["connections"][0]["credentials_files"] == [str(path)]
             assert path.read_bytes() == old
             assert sorted(p.name for p in small_fs.iterdir()) == ["app.credentials", "filler"]
             filler.unlink()
@@ -272,7 +278,7 @@ def test_renewals_full_disk_and_kill(tmp_path: Path, app_user: User, small_fs: P
             survivor = read_profiles(path)["default"]["aws_access_key_id"]
             assert survivor == served_key_from_log(daemon)
             mtime = os.stat(path).st_mtime_ns
-        with h.daemon(tmp_path, conns, env=env, extra={"credentials_file": files},
+        with h.daemon(tmp_path, conns, env=env, extra=extra,
                       log_name="daemon2.log") as again:
             h.wait_for(lambda: os.stat(path).st_mtime_ns != mtime, what="the file rewritten")
             assert read_profiles(path)["default"]["aws_access_key_id"] == served(again)["app"]
