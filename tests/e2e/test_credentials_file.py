@@ -47,7 +47,7 @@ print(json.dumps({{"access_key": creds.access_key, "secret_key": creds.secret_ke
 
 @pytest.fixture
 def app_user() -> Iterator[User]:
-    with throwaway_user("csapp") as user:
+    with throwaway_user() as user:
         yield user
 
 
@@ -64,6 +64,14 @@ def small_fs() -> Iterator[Path]:
     finally:
         subprocess.run(["umount", str(where)], check=False)
         where.rmdir()
+
+
+def run_as(user: User, args: list[str], env: dict[str, str],
+           timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """A command (not only python) as ``user``: its uid and primary gid, no other groups."""
+    prefix = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", "--"]
+    return subprocess.run(prefix + args, capture_output=True, text=True, env=env,
+                          timeout=timeout, check=False, cwd="/")
 
 
 def read_profiles(path: Path) -> dict[str, dict[str, str]]:
@@ -136,7 +144,7 @@ def test_clients_read_the_file_as_its_owner(tmp_path: Path, app_user: User,
             for profile, conn in (("default", "app"), ("other", "other")):
                 env = user_env(path, profile) | {"PYTHONPATH": SITE_PACKAGES}
                 env.pop("AWS_DEFAULT_REGION")
-                result = app_user.run(["/usr/bin/python3", "-c",
+                result = run_as(app_user, ["/usr/bin/python3", "-c",
                                        BOTO3_SNIPPET.format(profile=profile)], env)
                 assert result.returncode == 0, result.stderr
                 got = json.loads(result.stdout)
@@ -147,13 +155,13 @@ def test_clients_read_the_file_as_its_owner(tmp_path: Path, app_user: User,
                 assert got["token"] == issued[keys[conn]]["sessionToken"]
 
             # the AWS CLI v2
-            result = app_user.run([CLI_V2, "configure", "export-credentials", "--profile",
+            result = run_as(app_user, [CLI_V2, "configure", "export-credentials", "--profile",
                                    "other", "--format", "process"], user_env(path, "other"))
             assert result.returncode == 0, result.stderr
             exported = json.loads(result.stdout)
             assert exported["AccessKeyId"] == keys["other"]
             assert exported["SessionToken"] == issued[keys["other"]]["sessionToken"]
-            result = app_user.run([CLI_V2, "configure", "list", "--profile", "default"],
+            result = run_as(app_user, [CLI_V2, "configure", "list", "--profile", "default"],
                                   user_env(path, "default"))
             assert result.returncode == 0 and keys["app"][-4:] in result.stdout, result.stdout
 
@@ -163,7 +171,7 @@ def test_clients_read_the_file_as_its_owner(tmp_path: Path, app_user: User,
             rclone = shutil.which("rclone")
             assert rclone, "rclone is missing: .ci/run installs Debian's rclone"
             env = user_env(path, "other") | {"RCLONE_CONFIG": "/dev/null"}
-            result = app_user.run(
+            result = run_as(app_user,
                 [rclone, "lsd", ":s3:", "--s3-provider", "AWS", "--s3-env-auth",
                  "--s3-region", "us-east-1", "--s3-endpoint", f"http://127.0.0.1:{port}",
                  "--dump", "headers,auth", "--retries", "1", "--low-level-retries", "1"], env)
@@ -175,8 +183,8 @@ def test_clients_read_the_file_as_its_owner(tmp_path: Path, app_user: User,
             assert token.group(1) == issued[keys["other"]]["sessionToken"]
 
             # nobody else: not another user, not through the directory
-            with throwaway_user("csother") as stranger:
-                result = stranger.run(["cat", str(path)], h.clean_env())
+            with throwaway_user() as stranger:
+                result = run_as(stranger, ["cat", str(path)], h.clean_env())
                 assert result.returncode != 0 and "Permission denied" in result.stderr
     finally:
         moto.terminate()
