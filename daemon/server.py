@@ -28,6 +28,7 @@ from credential_sidecar.doors.container import ALIASES as CONTAINER_ALIASES
 from credential_sidecar.doors.container import ContainerApp
 from credential_sidecar.doors.container_tokens import TokenBook
 from credential_sidecar.doors.control import ControlServer
+from credential_sidecar.doors.credentials_file import CredentialsFiles
 from credential_sidecar.doors.guards import HostGuard
 from credential_sidecar.doors.health import HealthApp, readiness, status_rows
 from credential_sidecar.doors.imds import ImdsApp, ImdsIdentity
@@ -55,7 +56,9 @@ from credential_sidecar.upstream.preflight import validate
 from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource, account_of
 
 log = logs.get_logger()
-Door = tuple[Any, Any, HostGuard | None]  # (aiohttp app, Address, host guard or None)
+# (aiohttp app, Address, host guard or None[, hop limit])
+Door = tuple[Any, Any, HostGuard | None] | tuple[Any, Any, HostGuard | None, int]
+IMDS_ALIASES = ("169.254.169.254", "fd00:ec2::254")  # EC2's IPv4 and IPv6 IMDS addresses
 
 
 class Daemon:
@@ -76,6 +79,7 @@ class Daemon:
         self.records = ConnectionRecords(config.daemon.state_dir)  # ids, created, modified
         self.token_key: bytes | None = None  # IMDS tokens: derived from the cache key
         self.listen_problems: dict[str, str] = {}  # door -> why it is not listening
+        self.credential_files: CredentialsFiles | None = None  # [[credentials_file]]
         self._chores: list[asyncio.Task[None]] = []
         self.access: Access | None = None  # built with the first TCP door (_access)
 
@@ -104,6 +108,9 @@ class Daemon:
         if isinstance(source, AccessKeySource):
             row.update(source.describe())  # key id, key age, whose key
         row["optional"] = c.optional
+        if self.credential_files is not None:
+            row["credentials_files"] = [str(f.path) for f in self.credential_files.files
+                                        if name in f.connections]
         if self.config.container is not None and name in self.tokens.paths:
             row["container_token_file"] = str(self.tokens.paths[name])
         return row
@@ -124,8 +131,11 @@ class Daemon:
     def _doors(self, config: Config) -> dict[str, tuple[object, Callable[[], Door]]]:
         """Every listener the config asks for: door name -> (its settings, how to build it)."""
         doors: dict[str, tuple[object, Callable[[], Door]]] = {}
-        for listener in config.imds:
-            doors[f"imds:{listener.connection}"] = (listener, partial(self._imds_door, listener))
+        seen: dict[str, int] = {}
+        for listener in config.imds:  # several per connection: imds:NAME, imds:NAME:2, ...
+            n = seen[listener.connection] = seen.get(listener.connection, 0) + 1
+            door = f"imds:{listener.connection}" + (f":{n}" if n > 1 else "")
+            doors[door] = (listener, partial(self._imds_door, listener))
         if config.container is not None:
             doors["container"] = (config.container, self._container_door)
         if config.health is not None:
@@ -143,7 +153,7 @@ class Daemon:
     def _imds_door(self, listener: ImdsListener) -> Door:
         manager = self._manager()
         conn = self.config.connection(listener.connection)
-        guard = HostGuard(listener.listen.host, aliases=("169.254.169.254",))
+        guard = HostGuard(listener.listen.host, aliases=IMDS_ALIASES)
         name = conn.name
         imds = ImdsApp(
             ImdsIdentity(name, conn.region, account_of(getattr(conn, "role_arn", None) or "")),
@@ -156,7 +166,7 @@ class Daemon:
             access=self._access(),
             door=f"imds:{name}",
         )
-        return imds.app, listener.listen, guard
+        return imds.app, listener.listen, guard, listener.hop_limit
 
     def _health_door(self) -> Door:
         assert self.config.health is not None
@@ -231,9 +241,12 @@ class Daemon:
         )
         self.metrics = Metrics(self.manager, self._describe)
         self.manager.on_upstream = self.metrics.observe_upstream
+        self.credential_files = CredentialsFiles(self.clock, self.manager.get)
+        self.manager.on_renewed.append(self.credential_files.renewed)
         # Every cached set is restored before a door accepts anyone: a restart never answers
         # "no credentials yet" for a set that sits fresh in the cache.
         await self.manager.restore()
+        await self.credential_files.start(self.config.credentials_file)
         doors = self._doors(self.config)
         listens = {door: spec.listen for door, (spec, _) in doors.items()}  # type: ignore[attr-defined]
         self.sockets.assign(listens)
@@ -250,6 +263,8 @@ class Daemon:
         if self.config.container is not None:
             problems.update({f"container:{name}": why for name, why in self.tokens.problems.items()
                              if name in {c.name for c in self.config.connections}})
+        if self.credential_files is not None:
+            problems.update(self.credential_files.door_problems())
         return problems
 
     async def _retry_token_files(self) -> None:
@@ -261,11 +276,12 @@ class Daemon:
                 await asyncio.to_thread(self.tokens.sync, self.config.connections,
                                         self.config.daemon.state_dir)
 
-    async def _listen(self, door, app, address, guard: HostGuard | None) -> None:  # type: ignore[no-untyped-def]
+    async def _listen(self, door, app, address, guard: HostGuard | None,  # type: ignore[no-untyped-def]
+                      hop_limit: int | None = None) -> None:
         sock = self.sockets.socket_for(door, address)
         self._metrics().attach(door, app)
         listener = Listener(door, app, address.host, address.port, sock=sock,
-                            gate=self._gate(door))
+                            gate=self._gate(door), hop_limit=hop_limit)
         port = await listener.start()
         self.listeners.append(listener)
         self.listen_problems.pop(door, None)
@@ -310,6 +326,8 @@ class Daemon:
         if config.control != old.control:
             await self._stop_control()
             await self._start_control()
+        if self.credential_files is not None:
+            await self.credential_files.reload(config.credentials_file)
 
     async def _reload_connection(self, before: Connection | None, after: Connection) -> None:
         """Keep what a reload did not change; make before break what it did."""
@@ -380,6 +398,8 @@ class Daemon:
         self.listeners.clear()
         if self.manager is not None:
             await self.manager.stop()
+        if self.credential_files is not None:
+            await self.credential_files.stop()
         if self.http is not None:
             await self.http.close()
         if self.access is not None:

@@ -130,4 +130,9 @@ def status(config_path: str, *, as_json: bool = False, name: str | None = None) 
         print(json.dumps(rows[0], indent=2) if as_json else render_record(rows[0]))
     else:
         print(json.dumps(report, indent=2) if as_json else render_table(rows))
+        if not as_json:  # door-level problems (listeners, token files, credentials files)
+            names = {row.get("name") for row in rows}
+            for what, why in dict(report.get("not_ready") or {}).items():
+                if what not in names:
+                    print(f"not ready: {what}: {why}")
     return 0 if all(row.get("state") in ("ready", "degraded") for row in rows) else 3

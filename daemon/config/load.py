@@ -33,7 +33,9 @@ _INLINE_SECRETS = {
 }
 
 
-_SECTION_ORDER = ("daemon", "imds", "container", "health", "control", "connections")
+_SECTION_ORDER = (
+    "daemon", "imds", "container", "health", "control", "credentials_file", "connections",
+)
 _TYPES_TEXT = " or ".join(f'"{t}"' for t in CONNECTION_TYPES)
 
 
@@ -110,7 +112,7 @@ def _from_pydantic(error: Any) -> tuple[Loc, str] | None:
         "date_from_datetime_parsing": "must be a date (YYYY-MM-DD)",
         "date_from_datetime_inexact": "must be a date (YYYY-MM-DD), without a time",
     }
-    if kind == "list_type" and loc in (("imds",), ("connections",)):
+    if kind == "list_type" and loc in (("imds",), ("connections",), ("credentials_file",)):
         return loc, f"must be an array of tables: write [[{loc[0]}]]"
     if kind in messages:
         return loc, messages[kind]
@@ -161,6 +163,7 @@ def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[Loc, str]]:
         if isinstance(wanted, str) and wanted not in names:
             known = ", ".join(names) or "(none)"
             yield ("imds", i, "connection"), f'no connection named "{wanted}"; known: {known}'
+    yield from _credentials_files(data.get("credentials_file"), names)
     for section in ("container", "health"):
         entry = data.get(section)
         if isinstance(entry, dict):
@@ -178,6 +181,45 @@ def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[Loc, str]]:
             yield loc, f"same address as {_path(taken[address.key()])}"
         else:
             taken[address.key()] = loc
+
+
+# Settings of the file itself: every entry naming one path must agree on them.
+_FILE_WIDE = ("owner", "group", "mode", "on_stop")
+
+
+def _credentials_files(entries: Any, names: dict[str, int]) -> Iterator[tuple[Loc, str]]:
+    """Known connections; one profile once per file; one owner, group, mode and on_stop per
+    file (the daemon renders one file per path with all its profiles)."""
+    first: dict[str, tuple[int, dict[str, Any]]] = {}
+    profiles: dict[tuple[str, str], int] = {}
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        if not isinstance(entry, dict):
+            continue
+        wanted = entry.get("connection")
+        if isinstance(wanted, str) and wanted not in names:
+            known = ", ".join(names) or "(none)"
+            yield (("credentials_file", i, "connection"),
+                   f'no connection named "{wanted}"; known: {known}')
+        path = entry.get("path")
+        if not isinstance(path, str):
+            continue
+        profile = entry.get("profile", "default")
+        if isinstance(profile, str):
+            if (path, profile) in profiles:
+                yield (("credentials_file", i, "profile"),
+                       f'profile "{profile}" is already written to this path by'
+                       f" credentials_file[{profiles[path, profile]}]")
+            else:
+                profiles[path, profile] = i
+        if path not in first:
+            first[path] = (i, entry)
+            continue
+        j, other = first[path]
+        for key in _FILE_WIDE:
+            if entry.get(key) != other.get(key):
+                yield (("credentials_file", i, key if key in entry else "path"),
+                       f"{key} differs from credentials_file[{j}], which names the same path:"
+                       " the entries of one file must agree on owner, group, mode and on_stop")
 
 
 def _shared_token_files(data: dict[str, Any], base_dir: Path | None

@@ -12,6 +12,7 @@ names, which are not secret and which the messages need in order to be useful.
 from __future__ import annotations
 
 import os
+import re
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -192,6 +193,60 @@ class _Listener(_Model):
 class ImdsListener(_Listener):
     connection: str
     allow_imdsv1: StrictBool = False
+    # IP TTL / IPv6 hop limit of answers, as EC2's HttpPutResponseHopLimit:
+    # 1 (the default) keeps them from crossing a router (a container's bridge, a forwarded port).
+    hop_limit: Annotated[StrictInt, Field(ge=1, le=255)] = 1
+
+
+_PROFILE_RE = re.compile(r"^[A-Za-z0-9_.+@-]{1,64}$")
+
+
+def _profile_name(value: str) -> str:
+    if not _PROFILE_RE.match(value):
+        raise ValueError("must be 1 to 64 letters, digits or _.+@- (a profile name)")
+    return value
+
+
+def _file_mode(value: Any) -> int:
+    """0o600 (a TOML octal integer) or "0600"; only owner and group read/write bits."""
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        value = int(value, 8)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError('must be a mode such as 0o600 or "0600"')
+    if value & ~0o660 or not value & 0o400:
+        raise ValueError(
+            "must give the owner read access and nothing beyond owner and group read/write"
+            ' (0o600, the default, or 0o640); write it as 0o600 or "0600"'
+        )
+    return value
+
+
+def _user_ref(value: Any) -> str | int:
+    """A user or group name, or a numeric id (resolved when the daemon starts)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("must be a name or a numeric id")
+    if isinstance(value, int):
+        if not 0 <= value <= 4294967294:
+            raise ValueError("must be a numeric id between 0 and 4294967294")
+        return value
+    if not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?", value):
+        raise ValueError("must be a user or group name, or a numeric id")
+    return value
+
+
+class CredentialsFile(_Model):
+    """One profile of a shared credentials file (``AWS_SHARED_CREDENTIALS_FILE``) the daemon
+    rewrites after every renewal. Entries naming the same path make one file."""
+
+    path: ConfigPath
+    connection: str
+    profile: Annotated[str, AfterValidator(_profile_name)] = "default"
+    # Default: the daemon's own user and group (no chown); owning it by another user needs root.
+    owner: Annotated[str | int, PlainValidator(_user_ref)] | None = None
+    group: Annotated[str | int, PlainValidator(_user_ref)] | None = None
+    mode: Annotated[int, PlainValidator(_file_mode)] = 0o600
+    region: Region | None = None
+    on_stop: Literal["keep", "remove"] = "keep"
 
 
 class ContainerListener(_Listener):
@@ -372,6 +427,7 @@ class Config(_Model):
     container: ContainerListener | None = None
     health: HealthListener | None = None
     control: ControlSettings | None = None
+    credentials_file: list[CredentialsFile] = []
     connections: list[Connection] = Field(min_length=1)
 
     _source: Path | None = PrivateAttr(default=None)

@@ -28,6 +28,8 @@ TOKEN_PATH = "/latest/api/token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 CREDS_PREFIX = "/latest/meta-data/iam/security-credentials"
+# Newer SDKs (Go v2, Java v2) ask here first: the same document plus AccountId.
+EXTENDED_PREFIX = "/latest/meta-data/iam/security-credentials-extended"
 MAX_TTL = 21600
 _TOKEN = struct.Struct(">Q16s")
 _MAC_LEN = 32
@@ -110,6 +112,7 @@ class ImdsApp:
         self.access = access  # who may have the set (allowed_uids/gids), and the audit trail
         self.door = door
         self._rendered: tuple[Credentials, str] | None = None  # see _document
+        self._extended: tuple[Credentials, str] | None = None
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
 
@@ -118,6 +121,16 @@ class ImdsApp:
         rendered = self._rendered
         if rendered is None or rendered[0] is not creds:
             rendered = self._rendered = (creds, json.dumps(creds.imds_document()))
+        return rendered[1]
+
+    def _extended_document(self, creds: Credentials) -> str:
+        rendered = self._extended
+        if rendered is None or rendered[0] is not creds:
+            document = creds.imds_document()
+            account = self.identity.account_id or creds.account_id
+            if account:
+                document["AccountId"] = account
+            rendered = self._extended = (creds, json.dumps(document))
         return rendered[1]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -166,9 +179,10 @@ class ImdsApp:
     async def read(self, path: str, request: web.Request) -> web.Response:
         key = path.rstrip("/")
         ident = self.identity
-        if key == CREDS_PREFIX:
+        if key in (CREDS_PREFIX, EXTENDED_PREFIX):
             return _text(ident.role_name)
-        if key == f"{CREDS_PREFIX}/{ident.role_name}":
+        extended = key == f"{EXTENDED_PREFIX}/{ident.role_name}"
+        if extended or key == f"{CREDS_PREFIX}/{ident.role_name}":
             creds = self.lookup()
             if creds is None:
                 return _error(
@@ -178,10 +192,14 @@ class ImdsApp:
                 self.on_served(request)
             if self.access is not None:
                 await self.access.served(request, self.door, ident.role_name, creds)
-            return _text(self._document(creds))
+            return _text(self._extended_document(creds) if extended else self._document(creds))
         if key == "/latest/meta-data/placement/region":
             return _text(ident.region)
         if key == "/latest/dynamic/instance-identity/document":
-            document = {"region": ident.region, "accountId": ident.account_id or ""}
+            # The role ARN's account, else the served set's (access keys learn theirs from
+            # GetCallerIdentity; GetSessionToken's answer names none).
+            creds = self.lookup() if not ident.account_id else None
+            account = ident.account_id or (creds.account_id if creds else None) or ""
+            document = {"region": ident.region, "accountId": account}
             return _text(json.dumps(document, indent=2))
         return _error(404, "NotFound", "not found")

@@ -71,13 +71,15 @@ class _Site(web.BaseSite):
 class Listener:
     def __init__(
         self, door: str, app: web.Application, host: str, port: int,
-        sock: socket.socket | None = None, gate: ConnectionGate | None = None,
+        sock: socket.socket | None = None, gate: ConnectionGate | None = None, *,
+        hop_limit: int | None = None,
     ) -> None:
         self.door = door
         self.app = app
         self.host = host
         self.port = port
         self.sock = sock  # a listening socket from systemd (socket activation): serve it as is
+        self.hop_limit = hop_limit  # IP TTL / IPv6 hop limit; accepted sockets inherit it
         self.gate = gate
         self._runner: web.AppRunner | None = None
 
@@ -91,6 +93,10 @@ class Listener:
         await self._runner.setup()
         site = _Site(self._runner, self.gate, self.sock, self.host.strip("[]"), self.port)
         await site.start()
+        if self.hop_limit is not None:
+            server = getattr(site, "_server", None)  # aiohttp keeps the asyncio server there
+            for sock in getattr(server, "sockets", None) or ([self.sock] if self.sock else []):
+                set_hop_limit(sock, self.hop_limit)
         if self.sock is not None:
             self.host = str(self._runner.addresses[0][0])
         self.port = int(self._runner.addresses[0][1])
@@ -115,6 +121,19 @@ class Listener:
             await site.stop()
         await _first_requests(runner)
         await runner.cleanup()
+
+
+def set_hop_limit(sock: socket.socket, hops: int) -> None:
+    """IP_TTL, and IPV6_UNICAST_HOPS on an IPv6 socket (whose IPv4-mapped peers use IP_TTL).
+    On Linux a socket accept() returns inherits both from the listening socket."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hops)
+        except OSError:  # an IPv6-only socket may refuse it; its peers never use it
+            pass
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hops)
 
 
 async def _first_requests(runner: web.AppRunner) -> None:

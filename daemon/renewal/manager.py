@@ -47,6 +47,9 @@ class CredentialManager:
         self._restored: set[str] = set()  # connections whose cache has been consulted
         # Told how long each upstream call took (connection, seconds): metrics.
         self.on_upstream: Callable[[str, float], None] | None = None
+        # Told the name of a connection whose servable set just changed (a renewal, or a set
+        # restored from the cache): the credentials-file door rewrites its files.
+        self.on_renewed: list[Callable[[str], None]] = []
 
     # -- what the doors ask -------------------------------------------------
     def get(self, name: str) -> Credentials | None:
@@ -193,6 +196,7 @@ class CredentialManager:
             renew_in=round(max(0.0, self.seconds_until_due(state))),
         )
         self._changed.set()
+        self._tell_renewed(name)
         return True
 
     async def _load_cached(self, name: str, source: CredentialSource) -> Credentials | None:
@@ -294,7 +298,15 @@ class CredentialManager:
             )
             if self.store is not None:
                 await self._persist(name, source, creds)
+            self._tell_renewed(name)
         self._changed.set()
+
+    def _tell_renewed(self, name: str) -> None:
+        for callback in list(self.on_renewed):
+            try:
+                callback(name)
+            except Exception:  # a listener's bug must not end the schedule
+                log.exception("renewal listener failed", connection=name)
 
     async def _timed_fetch(self, name: str, source: CredentialSource) -> Credentials:
         started = self.clock.monotonic()

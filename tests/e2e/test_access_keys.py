@@ -349,3 +349,17 @@ def test_a_root_key_is_served_with_a_warning(aws: fa.FakeAws, tmp_path: Path) ->
     assert row["root_key"] is True and row["state"] == "ready"
     assert any(e.get("event", "").startswith("this connection uses the AWS account root")
                for e in daemon.events())
+
+
+def test_imds_names_the_account_learned_from_get_caller_identity(served: Served) -> None:
+    """GetSessionToken names no account and the connection has no role ARN: the identity
+    document and the extended credentials take the account the set was served with."""
+    base = served.daemon.url("imds:app")
+    code, _, token = h.http("PUT", base + "latest/api/token", {h.IMDS_TTL: "60"})
+    assert code == 200
+    headers = {"X-aws-ec2-metadata-token": token.decode()}
+    code, _, body = h.http("GET", base + "latest/dynamic/instance-identity/document", headers)
+    assert code == 200 and json.loads(body)["accountId"] == fa.ACCOUNT
+    code, _, body = h.http(
+        "GET", base + "latest/meta-data/iam/security-credentials-extended/app", headers)
+    assert code == 200 and json.loads(body)["AccountId"] == fa.ACCOUNT

@@ -134,8 +134,7 @@ def test_writes_to_read_paths_are_405(base: str) -> None:
 
 @pytest.mark.parametrize("path", [
     CREDS + "someone-else",
-    "latest/meta-data/iam/security-credentials-extended/",
-    "latest/meta-data/iam/security-credentials-extended/app",
+    "latest/meta-data/iam/security-credentials-extended/someone-else",
     "latest/meta-data/nothing-here",
     "../../etc/passwd",
 ])
@@ -143,6 +142,18 @@ def test_unknown_paths_are_404(base: str, path: str) -> None:
     status, _, body = get(base, path, **{TOKEN: token(base)})
     assert status == 404
     assert b"AccessKeyId" not in body
+
+
+def test_extended_credentials_carry_the_account(base: str) -> None:
+    tok = token(base)
+    extended = "latest/meta-data/iam/security-credentials-extended/"
+    status, _, body = get(base, extended, **{TOKEN: tok})
+    assert (status, body) == (200, b"app")
+    status, _, body = get(base, extended + "app", **{TOKEN: tok})
+    assert status == 200
+    doc = json.loads(body)
+    status, _, plain = get(base, CREDS + "app", **{TOKEN: tok})
+    assert doc == {**json.loads(plain), "AccountId": h.ACCOUNT}
 
 
 def test_region_and_identity_document(base: str) -> None:

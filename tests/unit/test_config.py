@@ -17,6 +17,7 @@ from credential_sidecar.config.model import (
     Config,
     ContainerListener,
     ControlSettings,
+    CredentialsFile,
     DaemonSettings,
     HealthListener,
     ImdsListener,
@@ -785,6 +786,7 @@ def test_example_sets_every_key() -> None:
         (ContainerListener, raw["container"]),
         (HealthListener, raw["health"]),
         (ControlSettings, raw["control"]),
+        (CredentialsFile, raw["credentials_file"][0]),
         (RolesAnywhereConnection, by_type["roles-anywhere"]),
         (AccessKeysConnection, by_type["access-keys"]),
     ]

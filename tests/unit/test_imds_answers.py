@@ -11,6 +11,7 @@ from credential_sidecar.credentials import Credentials
 from credential_sidecar.doors.guards import HostGuard
 from credential_sidecar.doors.imds import (
     CREDS_PREFIX,
+    EXTENDED_PREFIX,
     TOKEN_HEADER,
     TTL_HEADER,
     ImdsApp,
@@ -46,3 +47,48 @@ async def test_a_renewed_set_is_served_at_once() -> None:
         renewed = await fetch()
     assert first == again == first_set.imds_document()
     assert renewed == second_set.imds_document()
+
+
+async def _read(imds: ImdsApp, guard: HostGuard, paths: list[str]) -> list[tuple[int, str]]:
+    async with TestClient(TestServer(imds.app)) as client:
+        guard.port = client.port
+        response = await client.put("/latest/api/token", headers={TTL_HEADER: "60"})
+        token = {TOKEN_HEADER: await response.text()}
+        out = []
+        for path in paths:
+            response = await client.get(path, headers=token)
+            out.append((response.status, await response.text()))
+        return out
+
+
+async def test_extended_credentials_add_the_account_and_keep_404s() -> None:
+    clock = FakeClock()
+    held = _creds(clock, "ASIAFIRSTFIRSTFIRST1")
+    guard = HostGuard("127.0.0.1")
+    imds = ImdsApp(ImdsIdentity("app", "us-east-1", "111122223333"), lambda: held, clock, guard)
+    ((s1, role), (s2, doc), (s3, _), (s4, _)) = await _read(imds, guard, [
+        f"{EXTENDED_PREFIX}/", f"{EXTENDED_PREFIX}/app", f"{EXTENDED_PREFIX}/other",
+        f"{EXTENDED_PREFIX}/app/x"])
+    assert (s1, role) == (200, "app")
+    assert s2 == 200 and json.loads(doc) == {**held.imds_document(), "AccountId": "111122223333"}
+    assert (s3, s4) == (404, 404)
+
+
+async def test_the_account_comes_from_the_served_set_when_the_role_names_none() -> None:
+    """Access keys with GetSessionToken: no role ARN; the account is learned from
+    GetCallerIdentity into the set (Credentials.account_id)."""
+    clock = FakeClock()
+    now = clock.time()
+    held: dict[str, Credentials | None] = {"set": Credentials(
+        "ASIAFIRSTFIRSTFIRST1", "s" * 40, "t" * 80, utc(now + 3600), utc(now), "444455556666")}
+    guard = HostGuard("127.0.0.1")
+    imds = ImdsApp(ImdsIdentity("app", "eu-west-1", None), lambda: held["set"], clock, guard)
+    identity = "/latest/dynamic/instance-identity/document"
+    ((s1, document), (s2, extended)) = await _read(
+        imds, guard, [identity, f"{EXTENDED_PREFIX}/app"])
+    assert s1 == 200
+    assert json.loads(document) == {"region": "eu-west-1", "accountId": "444455556666"}
+    assert s2 == 200 and json.loads(extended)["AccountId"] == "444455556666"
+    held["set"] = None  # nothing served: the document still answers, without an account
+    ((s3, empty),) = await _read(imds, guard, [identity])
+    assert s3 == 200 and json.loads(empty)["accountId"] == ""
