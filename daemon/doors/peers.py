@@ -34,6 +34,7 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _SOCKID_PORTS = struct.Struct(">HH")
 _DIAG_MSG_UID_OFFSET = 4 + 48 + 12  # family..retrans, sockid, expires, rqueue, wqueue
 _NOCOOKIE = 0xFFFFFFFF
+TCP_TIME_WAIT = 6  # its uid column is 0 whoever owned the socket: never "root"
 GROUPS_TTL = 60.0  # seconds a user's group list is trusted before it is read again
 
 
@@ -143,6 +144,8 @@ class _Netlink:
             raise OSError(code, os.strerror(code))
         if kind != SOCK_DIAG_BY_FAMILY or length < _NLMSGHDR.size + _DIAG_MSG_UID_OFFSET + 4:
             raise OSError(errno.EPROTO, "unexpected sock_diag reply")
+        if reply[_NLMSGHDR.size + 1] == TCP_TIME_WAIT:
+            return None  # a closed socket's remains report uid 0, not their owner's
         uid: int = struct.unpack_from("=I", reply, _NLMSGHDR.size + _DIAG_MSG_UID_OFFSET)[0]
         return uid
 
@@ -174,6 +177,8 @@ def proc_uid(src: str, sport: int, dst: str, dport: int, proc: str = "/proc/net"
                 continue
             if (_proc_address(fields[1], family) == (src_packed, sport)
                     and _proc_address(fields[2], family) == (dst_packed, dport)):
+                if int(fields[3], 16) == TCP_TIME_WAIT:
+                    return None
                 return int(fields[7])
     return None
 

@@ -156,3 +156,38 @@ def test_groups_are_the_users_groups_in_the_user_database() -> None:
         assert admits(_Conn([], [gid]), peer, daemon_uid=0)
         assert not admits(_Conn([], [gid + 100000]), peer, daemon_uid=0)
     assert PeerFinder(netlink=False).with_groups(3999999) == Peer(0, 3999999, -1, ())
+
+
+def test_a_socket_in_time_wait_is_nobodys_not_roots(server: socket.socket) -> None:
+    """The remains of a closed connection report uid 0: they must never pass for root."""
+    client = socket.socket(server.family)
+    client.connect(server.getsockname()[:2])
+    conn, _ = server.accept()
+    with conn:
+        local, remote = _pair(conn)
+        client.close()  # the client closes first: its side ends in TIME_WAIT
+        assert conn.recv(1) == b""
+        conn.shutdown(socket.SHUT_WR)  # our FIN: the client's side is now TIME_WAIT
+        finder = PeerFinder()
+        try:
+            for _ in range(1000):  # the kernel finishes the handshake at its own pace
+                state = _state(remote, local)
+                if state == "06":
+                    break
+            assert state == "06", state
+            assert finder.netlink_uid(local, remote) is None
+        finally:
+            finder.close()
+        assert PeerFinder(netlink=False).uid(local, remote) is None
+
+
+def _state(src: tuple[str, int], dst: tuple[str, int]) -> str | None:
+    """The /proc/net/tcp{,6} state column of the socket bound to src, connected to dst."""
+    table = "/proc/net/tcp6" if ":" in src[0] else "/proc/net/tcp"
+    with open(table) as handle:
+        for line in handle.readlines()[1:]:
+            fields = line.split()
+            if (int(fields[1].split(":")[1], 16) == src[1]
+                    and int(fields[2].split(":")[1], 16) == dst[1]):
+                return fields[3]
+    return None
