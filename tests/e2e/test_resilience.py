@@ -24,31 +24,9 @@ from botocore.utils import InstanceMetadataFetcher
 
 from credential_sidecar.devtools import pki
 from tests.helpers import harness as h
+from tests.helpers.time_machine import STEP, TimeMachine
 
-STEP = 15.0  # seconds of offset per time-machine step; also the slack of every time check
 DURATION = 3600
-
-
-class TimeMachine:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0.0
-        self._write()
-
-    def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(str(self.offset))
-        tmp.replace(self.path)
-
-    def now(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float, pause: float = 0.03) -> None:
-        target = self.offset + seconds
-        while self.offset < target:
-            self.offset = min(target, self.offset + STEP)
-            self._write()
-            time.sleep(pause)
 
 
 def _stamp(text: str) -> float:
