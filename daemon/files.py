@@ -246,10 +246,11 @@ def check_owned(path: Path, what: str, *, allow_root: bool = False,
     return st
 
 
-def private_dir(path: Path, what: str, mode: int = 0o700) -> Path:
+def private_dir(path: Path, what: str, mode: int = 0o700, *, allow_root: bool = False) -> Path:
     """``path`` as a directory the daemon can trust: missing components are made one by one
     with mkdir (never through a link: mkdir does not follow one, and each is checked after)
-    and given ``mode`` whatever the umask; an existing directory is checked, not changed."""
+    and given ``mode`` whatever the umask; an existing directory is checked, not changed
+    (``allow_root``: root's will do too, as an operator's secret mount is)."""
     path = Path(path)
     made: list[Path] = []
     cursor = path
@@ -269,7 +270,7 @@ def private_dir(path: Path, what: str, mode: int = 0o700) -> Path:
             os.close(fd)
     for directory in made:
         check_owned(directory, what, kind="dir")
-    check_owned(path, what, kind="dir")
+    check_owned(path, what, kind="dir", allow_root=allow_root)
     return path
 
 

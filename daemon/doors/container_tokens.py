@@ -63,13 +63,22 @@ def read_token(path: Path, uids: Sequence[int] = (), gids: Sequence[int] = ()) -
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise TokenError(f"container token file {path} is not a regular file")
-        if st.st_uid != os.geteuid():
+        # A file root provisioned for a daemon that is not root (a Kubernetes Secret mounted
+        # read-only) is the operator's: trusted as root's, read as it is, access left to them.
+        provisioned = st.st_uid == 0 and os.geteuid() != 0
+        if st.st_uid != os.geteuid() and not provisioned:
             raise TokenError(
                 f"container token file {path} belongs to uid {st.st_uid}, not to the daemon"
                 f" (uid {os.geteuid()}): a token file the daemon did not make is not trusted;"
                 " remove it and the daemon makes a new one"
             )
         mode = stat.S_IMODE(st.st_mode)
+        if provisioned:
+            if mode & 0o022:
+                raise TokenError(f"container token file {path} has mode {mode:04o}: others may"
+                                 f" change it; run: chmod go-w {path}")
+            data = os.read(fd, _MAX_FILE + 1)
+            return _token_from(path, data)
         if mode & 0o007 or mode & 0o020:
             raise TokenError(
                 f"container token file {path} has mode {mode:04o}: other users may have read or"
@@ -97,6 +106,10 @@ def read_token(path: Path, uids: Sequence[int] = (), gids: Sequence[int] = ()) -
         data = os.read(fd, _MAX_FILE + 1)
     finally:
         os.close(fd)
+    return _token_from(path, data)
+
+
+def _token_from(path: Path, data: bytes) -> str:
     if len(data) > _MAX_FILE:
         raise TokenError(f"container token file {path} is too large to hold a token")
     try:
@@ -120,11 +133,11 @@ def load_or_create_token(
     the temporary file before it holds a byte; it appears whole or not at all (written aside,
     then hard-linked into place, which never replaces a file someone else created meanwhile).
     A missing directory is created 0711 (others may reach a file they know the name of, not
-    list the directory); an existing one must be the daemon's and not writable by group or
-    others. Returns (token, created).
+    list the directory); an existing one must be the daemon's or root's (a secret mount, as
+    Kubernetes makes one) and not writable by group or others. Returns (token, created).
     """
     try:
-        private_dir(path.parent, "container token directory", 0o711)
+        private_dir(path.parent, "container token directory", 0o711, allow_root=True)
     except FileError as exc:
         raise TokenError(str(exc)) from None
     try:

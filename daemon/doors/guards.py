@@ -6,6 +6,8 @@ rebinding, and from a misconfigured proxy; both announce themselves in headers.
 
 from __future__ import annotations
 
+import ipaddress
+
 from aiohttp import web
 
 from credential_sidecar.config.values import is_loopback
@@ -19,6 +21,10 @@ class HostGuard:
         if is_loopback(listen_host):
             names |= {"localhost", "127.0.0.1", "::1"}
         self.names = frozenset(names)
+        # A wildcard listener (0.0.0.0, ::) answers at every address of the host, which it
+        # cannot list (a pod's IP, a probe's): any address literal is this host, while a
+        # rebinding page can only send a name. Names other than localhost stay refused.
+        self.any_address = _unspecified(listen_host)
         self.port: int | None = None  # set once bound (port 0 means "any free one")
 
     def allows(self, header: str | None) -> bool:
@@ -39,7 +45,24 @@ class HostGuard:
             host, port = host.split(":")
         if port is not None and self.port is not None and port != str(self.port):
             return False
+        if self.any_address and (host == "localhost" or _is_address(host)):
+            return True
         return host in self.names
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
 
 
 def forwarded(request: web.Request) -> bool:

@@ -220,3 +220,15 @@ async def test_a_token_file_that_cannot_be_made_is_named_and_retried(tmp_path: P
         assert (blocker / "app.token").exists()
     finally:
         await daemon.stop()
+
+
+def test_a_wildcard_listener_accepts_address_literals_but_no_foreign_name() -> None:
+    from credential_sidecar.doors.guards import HostGuard
+
+    guard = HostGuard("0.0.0.0")
+    guard.port = 9913
+    for host in ("127.0.0.1:9913", "10.1.2.3:9913", "[fd00::5]:9913", "localhost:9913", None):
+        assert guard.allows(host), host
+    for host in ("attacker.example:9913", "127.0.0.1:80", "rebind.127.0.0.1.nip.io:9913"):
+        assert not guard.allows(host), host
+    assert not HostGuard("127.0.0.1").allows("10.1.2.3")
