@@ -145,8 +145,9 @@ def read_file(
             f"{what} {path} is not readable by the daemon (uid {os.getuid()}): "
             "give the daemon's user read access to it"
         ) from None
-    except OSError as exc:
-        raise FileError(f"{what} {path} cannot be opened: {exc.strerror}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise FileError(f"{what} {path} cannot be opened: {reason}") from None
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(handle.fileno())
         if private:

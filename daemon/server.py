@@ -18,6 +18,7 @@ from credential_sidecar.config.load import load_config
 from credential_sidecar.config.model import (
     AccessKeysConnection,
     Config,
+    Connection,
     ImdsListener,
     RolesAnywhereConnection,
 )
@@ -27,7 +28,7 @@ from credential_sidecar.doors.container import ContainerApp
 from credential_sidecar.doors.container_tokens import TokenBook
 from credential_sidecar.doors.control import ControlServer
 from credential_sidecar.doors.guards import HostGuard
-from credential_sidecar.doors.health import HealthApp, status_rows
+from credential_sidecar.doors.health import HealthApp, readiness, status_rows
 from credential_sidecar.doors.imds import ImdsApp, ImdsIdentity
 from credential_sidecar.doors.listener import Listener
 from credential_sidecar.doors.metrics import Metrics
@@ -35,13 +36,19 @@ from credential_sidecar.files import FileError
 from credential_sidecar.renewal.manager import CredentialManager
 from credential_sidecar.renewal.schedule import Policy
 from credential_sidecar.state import pidfile
-from credential_sidecar.state.cache import CredentialCache, default_key_path, load_or_create_key
+from credential_sidecar.state.cache import (
+    CredentialCache,
+    default_key_path,
+    derive_key,
+    load_or_create_key,
+)
 from credential_sidecar.state.records import ConnectionRecords
 from credential_sidecar.systemd.activation import SocketPool
 from credential_sidecar.systemd.link import ServiceLink, install_test_hooks
 from credential_sidecar.systemd.notify import Notifier, listen_fds
 from credential_sidecar.upstream.access_keys import AccessKeySource
 from credential_sidecar.upstream.base import CredentialSource
+from credential_sidecar.upstream.preflight import validate
 from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource, account_of
 
 log = logs.get_logger()
@@ -64,6 +71,9 @@ class Daemon:
         self.tokens = TokenBook()  # container tokens, kept in sync with the connections
         self.control: ControlServer | None = None
         self.records = ConnectionRecords(config.daemon.state_dir)  # ids, created, modified
+        self.token_key: bytes | None = None  # IMDS tokens: derived from the cache key
+        self.listen_problems: dict[str, str] = {}  # door -> why it is not listening
+        self._chores: list[asyncio.Task[None]] = []
 
     def _source(self, connection: object) -> CredentialSource:
         if isinstance(connection, RolesAnywhereConnection):
@@ -97,11 +107,12 @@ class Daemon:
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             key_file = self.config.daemon.cache_key_file or default_key_path(state_dir)
-            key = load_or_create_key(key_file)
+            key = load_or_create_key(key_file, ours=key_file.parent == state_dir)
         except (OSError, FileError) as exc:
             log.warning("credential cache disabled: sets will not survive a restart",
                         error=str(exc))
             return None
+        self.token_key = derive_key(key, "imds-token")
         return CredentialCache(state_dir / "cache", key)
 
     def _doors(self, config: Config) -> dict[str, tuple[object, Callable[[], Door]]]:
@@ -135,13 +146,14 @@ class Daemon:
             self.clock,
             guard,
             allow_imdsv1=listener.allow_imdsv1,
+            token_key=self.token_key,
             on_served=lambda _req: manager.record_use(name, f"imds:{name}"),
         )
         return imds.app, listener.listen, guard
 
     def _health_door(self) -> Door:
         assert self.config.health is not None
-        health = HealthApp(self._manager(), self._required, self._describe)
+        health = HealthApp(self._manager(), self._required, self._describe, self.door_problems)
         health.app.router.add_get("/metrics", self._metrics().handle)
         return health.app, self.config.health.listen, None
 
@@ -151,9 +163,10 @@ class Daemon:
 
     def _control_status(self) -> dict[str, object]:
         """The control socket's status op: /status rows plus readiness."""
-        problems = self._manager().problems(self._required())
-        return {"ready": not problems, "not_ready": problems,
-                "connections": status_rows(self._manager(), self._describe)}
+        body = readiness(self._manager(), self._required(), self.door_problems())
+        body.setdefault("not_ready", {})
+        body["connections"] = status_rows(self._manager(), self._describe)
+        return body
 
     def _grantee(self, name: str) -> Any:
         try:
@@ -186,6 +199,9 @@ class Daemon:
         )
         self.metrics = Metrics(self.manager, self._describe)
         self.manager.on_upstream = self.metrics.observe_upstream
+        # Every cached set is restored before a door accepts anyone: a restart never answers
+        # "no credentials yet" for a set that sits fresh in the cache.
+        await self.manager.restore()
         doors = self._doors(self.config)
         listens = {door: spec.listen for door, (spec, _) in doors.items()}  # type: ignore[attr-defined]
         self.sockets.assign(listens)
@@ -194,13 +210,32 @@ class Daemon:
         self.sockets.release_unclaimed()
         await self._start_control()
         await self.manager.start()
+        self._chores.append(asyncio.create_task(self._retry_token_files(), name="token-files"))
+
+    def door_problems(self) -> dict[str, str]:
+        """What keeps a door from serving a connection: listeners not bound, token files."""
+        problems = dict(self.listen_problems)
+        if self.config.container is not None:
+            problems.update({f"container:{name}": why for name, why in self.tokens.problems.items()
+                             if name in {c.name for c in self.config.connections}})
+        return problems
+
+    async def _retry_token_files(self) -> None:
+        """A token file that could not be made (full disk, a missing directory) is tried again
+        on a schedule, not only at the next reload; /readyz names it meanwhile."""
+        while True:
+            await self.clock.sleep(TOKEN_RETRY_SECONDS)
+            if self.config.container is not None and self.tokens.problems:
+                await asyncio.to_thread(self.tokens.sync, self.config.connections,
+                                        self.config.daemon.state_dir)
 
     async def _listen(self, door, app, address, guard: HostGuard | None) -> None:  # type: ignore[no-untyped-def]
         sock = self.sockets.socket_for(door, address)
         self._metrics().attach(door, app)
         listener = Listener(door, app, address.host, address.port, sock=sock)
-        self.listeners.append(listener)
         port = await listener.start()
+        self.listeners.append(listener)
+        self.listen_problems.pop(door, None)
         if guard is not None:
             guard.port = port
 
@@ -219,14 +254,7 @@ class Daemon:
             await manager.remove(name)
             log.info("connection removed", connection=name)
         for name, conn in after.items():
-            if await self._rekeyed(before.get(name), conn):
-                continue
-            if before.get(name) != conn:
-                await manager.add(name, self._source(conn))
-                log.info("connection started" if name not in before else "connection changed",
-                         connection=name)
-            else:
-                await self._recheck_identity(name)
+            await self._reload_connection(before.get(name), conn)
         old_doors, new_doors = self._doors(old), self._doors(config)
         for listener in list(self.listeners):
             spec = new_doors.get(listener.door)
@@ -234,14 +262,37 @@ class Daemon:
                 await listener.stop()
                 self.listeners.remove(listener)
         running = {listener.door for listener in self.listeners}
+        for door in list(self.listen_problems):
+            if door not in new_doors:
+                del self.listen_problems[door]
         for door, (_, build) in new_doors.items():
             if door not in running:
-                await self._listen(door, *build())
+                try:
+                    await self._listen(door, *build())
+                except OSError as exc:  # the other doors still get their new settings
+                    self.listen_problems[door] = f"not listening: {exc.strerror or exc}"
+                    log.error("a listener could not start", door=door, error=str(exc))
         if config.container is not None and "container" in running:
             self.tokens.sync(config.connections, config.daemon.state_dir)  # new, changed files
         if config.control != old.control:
             await self._stop_control()
             await self._start_control()
+
+    async def _reload_connection(self, before: Connection | None, after: Connection) -> None:
+        """Keep what a reload did not change; make before break what it did."""
+        name, manager = after.name, self._manager()
+        if before is None:
+            await manager.add(name, self._source(after))
+            log.info("connection started", connection=name)
+        elif before == after:
+            await self._recheck_identity(name)
+        elif _same_source(before, after):
+            log.info("connection settings changed; credentials unaffected", connection=name)
+        elif not await self._rekeyed(before, after):
+            reason = "changed " + ", ".join(_changed_fields(before, after))
+            await manager.replace(name, self._source(after), reason)
+            log.info("connection changed: new settings get their first set while the current"
+                     " one keeps being served", connection=name, reason=reason)
 
     async def _rekeyed(self, before: object, after: object) -> bool:
         """A new long-term key for an access-keys connection (rotate-keys): keep serving the
@@ -286,14 +337,36 @@ class Daemon:
         return next(listener.url for listener in self.listeners if listener.door == door)
 
     async def stop(self) -> None:
-        await self._stop_control()
-        for listener in self.listeners:
-            await listener.stop()
+        """Every door at once: stop accepting, answer what was accepted, close idle keep-alive
+        connections (bounded by the listeners' shutdown timeout, well under systemd's
+        TimeoutStopSec), then the schedules."""
+        for chore in self._chores:
+            chore.cancel()
+        await asyncio.gather(*self._chores, return_exceptions=True)
+        await asyncio.gather(self._stop_control(), *(lst.stop() for lst in self.listeners))
+        self.listeners.clear()
         if self.manager is not None:
             await self.manager.stop()
         if self.http is not None:
             await self.http.close()
         self.sockets.close()
+
+
+# Settings that change who may fetch a connection, or how it is described, but not how its
+# credentials are obtained: a reload that changes only these keeps the set and its schedule.
+NEUTRAL_FIELDS = frozenset(
+    {"notes", "optional", "allowed_uids", "allowed_gids", "container_token_file"}
+)
+TOKEN_RETRY_SECONDS = 30.0
+
+
+def _changed_fields(before: Connection, after: Connection) -> list[str]:
+    names = set(type(before).model_fields) | set(type(after).model_fields)
+    return sorted(n for n in names if getattr(before, n, None) != getattr(after, n, None))
+
+
+def _same_source(before: Connection, after: Connection) -> bool:
+    return type(before) is type(after) and set(_changed_fields(before, after)) <= NEUTRAL_FIELDS
 
 
 async def serve(
@@ -346,18 +419,20 @@ async def _reload(daemon: Daemon, config_path: str | None) -> str | None:
         return "reload ignored: not started from a file"
     log.info("reloading", config=config_path)
     try:
-        config = await asyncio.to_thread(load_config, config_path)
+        # The check check-config makes: shape, then every file the connections name.
+        config = await asyncio.to_thread(validate, config_path)
     except ConfigError as exc:
         log.error("reload refused: the new config is invalid; still serving the old one",
                   problems=exc.problems)
         return f"reload refused: config invalid ({len(exc.problems)} problem(s))"
     try:
         await daemon.reload(config)
-    except OSError as exc:
-        log.error("reload incomplete: a listener could not start", error=str(exc))
-        return "reload incomplete: a listener could not start"
-    log.info("reloaded", connections=len(config.connections))
-    return None
+    except Exception as exc:  # whatever it was, the daemon keeps serving
+        log.exception("reload incomplete; still serving", error=f"{type(exc).__name__}: {exc}")
+        return "reload incomplete: see the log"
+    problems = daemon.door_problems()
+    log.info("reloaded", connections=len(config.connections), door_problems=problems or None)
+    return "reload incomplete: " + "; ".join(problems.values()) if problems else None
 
 
 def run(config_path: str) -> int:

@@ -20,10 +20,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from credential_sidecar.config.errors import ConfigError
-    from credential_sidecar.config.load import load_config
+    from credential_sidecar.upstream.preflight import validate
 
     try:
-        config = load_config(args.config)
+        config = validate(args.config)  # the same check start and reload make
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -49,10 +49,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(source, ["not valid UTF-8 text"]) from None
     try:
         data = tomllib.loads(text)
+        absolute = Path(os.path.abspath(path))
+        config = parse_config(data, source=source, base_dir=absolute.parent)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [f"TOML syntax error: {exc}"]) from None
-    absolute = Path(os.path.abspath(path))
-    config = parse_config(data, source=source, base_dir=absolute.parent)
+    except RecursionError:
+        raise ConfigError(source, ["nested too deeply to be a configuration"]) from None
     config._source = absolute
     return config
 

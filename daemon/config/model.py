@@ -72,6 +72,8 @@ from credential_sidecar.config.values import (
 def _not_empty(value: Any) -> Any:
     if value == "":
         raise ValueError("must not be empty")
+    if isinstance(value, str) and "\0" in value:
+        raise ValueError("must not contain a NUL character")
     return value
 
 

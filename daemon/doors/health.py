@@ -16,10 +16,12 @@ class HealthApp:
         manager: CredentialManager,
         required: Callable[[], list[str]],
         describe: Callable[[str], dict[str, object]] | None = None,
+        doors: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self.manager = manager
         self.required = required
         self.describe = describe
+        self.doors = doors or dict  # door problems: a listener not bound, a token file
         self.app = web.Application()
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
@@ -30,22 +32,34 @@ class HealthApp:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        problems = self.manager.problems(self.required())
-        # Serving the last good set while renewals fail is ready, but never silently so.
-        degraded = {
-            name: str(state.last_error)
-            for name, state in self.manager.states.items()
-            if state.last_error is not None and name not in problems
-        }
-        body: dict[str, object] = {"ready": not problems}
-        if problems:
-            body["not_ready"] = problems
-        if degraded:
-            body["degraded"] = degraded
-        return web.json_response(body, status=503 if problems else 200)
+        body = readiness(self.manager, self.required(), self.doors())
+        return web.json_response(body, status=200 if body["ready"] else 503)
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response({"connections": status_rows(self.manager, self.describe)})
+
+
+def readiness(
+    manager: CredentialManager, required: list[str], doors: dict[str, str]
+) -> dict[str, object]:
+    """The whole truth for /readyz and the control socket: what is not served and why, what is
+    served while renewals fail, what a reload left pending, and door-level problems."""
+    problems = manager.problems(required)
+    problems.update(doors)
+    # Serving the last good set while renewals fail is ready, but never silently so.
+    degraded = {
+        name: str(state.last_error)
+        for name, state in manager.states.items()
+        if state.last_error is not None and name not in problems
+    }
+    body: dict[str, object] = {"ready": not problems}
+    if problems:
+        body["not_ready"] = problems
+    if degraded:
+        body["degraded"] = degraded
+    if pending := manager.pending_reloads():
+        body["reload_pending"] = pending
+    return body
 
 
 def status_rows(

@@ -91,6 +91,7 @@ class ImdsApp:
         guard: HostGuard,
         *,
         allow_imdsv1: bool = False,
+        token_key: bytes | None = None,
         on_served: Callable[[web.Request], None] | None = None,
     ) -> None:
         self.identity = identity
@@ -98,7 +99,10 @@ class ImdsApp:
         self.clock = clock
         self.guard = guard
         self.allow_imdsv1 = allow_imdsv1
-        self.tokens = TokenSealer(clock)
+        # A key that outlives the process (derived from the cache key) lets a token live its
+        # whole TTL across restarts, as real IMDS tokens do: Go SDK v1 caches one for 6 h and
+        # does not retry a 401. Without one, tokens die with the process.
+        self.tokens = TokenSealer(clock, token_key)
         self.on_served = on_served
         self._rendered: tuple[Credentials, str] | None = None  # see _document
         self.app = web.Application()

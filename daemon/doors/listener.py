@@ -10,6 +10,11 @@ from credential_sidecar.logs import get_logger
 
 log = get_logger()
 
+# How long a stop waits for requests already accepted to be answered. aiohttp's default (60 s)
+# outlasts the unit's TimeoutStopSec=20s, so systemd killed daemons mid-answer; a credential
+# request takes milliseconds, so a few seconds is plenty and leaves systemd's bound far away.
+SHUTDOWN_SECONDS = 4.0
+
 
 class Listener:
     def __init__(
@@ -25,7 +30,8 @@ class Listener:
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful when asked for port 0)."""
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=SHUTDOWN_SECONDS)
         await self._runner.setup()
         site: web.BaseSite
         if self.sock is not None:

@@ -24,10 +24,6 @@ from credential_sidecar.upstream.base import CredentialSource, UpstreamError
 log = get_logger()
 
 
-
-
-
-
 class CredentialManager:
     def __init__(
         self,
@@ -48,6 +44,7 @@ class CredentialManager:
         self._turn = asyncio.Lock()  # see _take_turn
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
+        self._restored: set[str] = set()  # connections whose cache has been consulted
         # Told how long each upstream call took (connection, seconds): metrics.
         self.on_upstream: Callable[[str, float], None] | None = None
 
@@ -78,8 +75,13 @@ class CredentialManager:
         for name in names if names is not None else list(self.states):
             state = self.states[name]
             if state.servable(now, self.policy) is None:
-                out[name] = str(state.last_error) if state.last_error else "no credentials yet"
+                out[name] = state.problem()
         return out
+
+    def pending_reloads(self) -> dict[str, str]:
+        """Connections still served from before a reload whose new settings have no set yet."""
+        return {name: why for name, state in self.states.items()
+                if (why := state.pending()) is not None}
 
     async def wait_ready(self, names: list[str] | None = None) -> None:
         while self.problems(names):
@@ -87,13 +89,28 @@ class CredentialManager:
             await self._changed.wait()
 
     # -- lifecycle ------------------------------------------------------------
+    async def restore(self) -> None:
+        """Every cached set that still fits, all connections at once (file reads in threads).
+
+        The server awaits this before any door opens, so a restart never answers "no
+        credentials yet" for a set that sits fresh in the cache.
+        """
+        names = [n for n in self.sources if n not in self._restored and n not in self._tasks]
+        await asyncio.gather(*(self._restore(name) for name in names))
+
     async def start(self) -> None:
+        """Restore what restore() has not yet, then start every renewal schedule."""
+        await self.restore()
         for name in list(self.sources):
-            await self._begin(name)
+            if name not in self._tasks:
+                self._schedule(name)
+
+    def _schedule(self, name: str) -> None:
+        self._tasks[name] = asyncio.create_task(self._run(name), name=f"renew:{name}")
 
     async def _begin(self, name: str) -> None:
         await self._restore(name)
-        self._tasks[name] = asyncio.create_task(self._run(name), name=f"renew:{name}")
+        self._schedule(name)
 
     async def _end(self, name: str) -> None:
         task = self._tasks.pop(name, None)
@@ -110,17 +127,38 @@ class CredentialManager:
             await self._end(name)
 
     async def add(self, name: str, source: CredentialSource) -> None:
-        """Start serving a new (or changed) connection, from the cache if it still fits."""
+        """Start serving a new connection, from the cache if it still fits."""
         if name in self.sources:
             await self.remove(name)
         self.sources[name] = source
         self.states[name] = ConnectionState(name)
         await self._begin(name)
 
+    async def replace(self, name: str, source: CredentialSource, reason: str) -> None:
+        """Make before break: a connection now gets its credentials another way (new role,
+        certificate, endpoint...). The set it holds keeps being served until the new source
+        has one, from the cache or upstream; the swap is one assignment, so a door sees the old
+        set or the new one, never nothing. Should the new source never get one, the old set is
+        served until it nears its end, and /status says why ("reload pending")."""
+        if name not in self.states:
+            await self.add(name, source)
+            return
+        await self._end(name)
+        self.sources[name] = source
+        state = self.states[name]
+        state.reload_pending = reason
+        state.failures, state.last_error, state.next_attempt_mono = 0, None, 0.0
+        self._restored.discard(name)
+        if not await self._restore(name):
+            state.refresh_remaining = float("inf")  # due at once
+        self._schedule(name)
+        self._changed.set()
+
     async def remove(self, name: str) -> None:
         await self._end(name)
         self.sources.pop(name, None)
         self.states.pop(name, None)
+        self._restored.discard(name)
         self._changed.set()
 
     def refresh_now(self, name: str) -> None:
@@ -131,19 +169,21 @@ class CredentialManager:
             state.refresh_remaining = float("inf")
             state.wake.set()
 
-    async def _restore(self, name: str) -> None:
+    async def _restore(self, name: str) -> bool:
+        """Serve the cached set of this connection's current source, if it still fits."""
+        self._restored.add(name)
         if self.store is None:
-            return
+            return False
         state, source = self.states[name], self.sources[name]
+        state.restoring = True
         try:
-            binding = await source.binding()
-        except UpstreamError as error:
-            log.warning("cache not consulted", connection=name, reason=str(error))
-            return
-        creds = await self.store.load(name, binding)
+            creds = await self._load_cached(name, source)
+        finally:
+            state.restoring = False
         if creds is None or creds.remaining(self.clock.time()) < self.policy.min_serve_seconds:
-            return
-        state.current, state.restored = creds, True
+            self._changed.set()
+            return False
+        state.current, state.restored, state.reload_pending = creds, True, None
         state.refresh_remaining = self._refresh_point(creds)
         log.info(
             "credentials restored from cache",
@@ -153,6 +193,16 @@ class CredentialManager:
             renew_in=round(max(0.0, self.seconds_until_due(state))),
         )
         self._changed.set()
+        return True
+
+    async def _load_cached(self, name: str, source: CredentialSource) -> Credentials | None:
+        assert self.store is not None
+        try:
+            binding = await source.binding()
+        except UpstreamError as error:
+            log.warning("cache not consulted", connection=name, reason=str(error))
+            return None
+        return await self.store.load(name, binding)
 
     # -- the schedule -----------------------------------------------------------
     def seconds_until_due(self, state: ConnectionState) -> float:
@@ -227,7 +277,9 @@ class CredentialManager:
             log.exception("renewal crashed", connection=name)
             self._failed(state, UpstreamError("InternalError", repr(exc)))
         else:
-            state.current, state.restored = creds, False
+            if state.reload_pending is not None:
+                log.info("reload complete: the new settings have their first set", connection=name)
+            state.current, state.restored, state.reload_pending = creds, False, None
             state.refresh_remaining = self._refresh_point(creds)
             state.last_renewal = self.clock.time()
             state.failures = 0

@@ -39,6 +39,10 @@ class ConnectionState:
     renewals: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
     used_by: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # -> [last, count]
     restored: bool = False  # the current set came from the persistent cache
+    restoring: bool = False  # the cache is being read for this connection
+    # Why a reload changed how this connection gets credentials and its new source has no set
+    # yet; the set from before the reload keeps being served meanwhile (make before break).
+    reload_pending: str | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def servable(self, now: float, policy: Policy) -> Credentials | None:
@@ -48,8 +52,25 @@ class ConnectionState:
 
     def phase(self, now: float, policy: Policy) -> str:
         if self.servable(now, policy) is None:
+            if self.restoring:
+                return "restoring"
             return "failed" if self.last_error is not None else "starting"
+        if self.reload_pending is not None:
+            return "reload pending"
         return "degraded" if self.failures else "ready"
+
+    def problem(self) -> str:
+        """Why nothing is served, in a few words (only meaningful when nothing is)."""
+        if self.restoring:
+            return "restoring from the cache"
+        return str(self.last_error) if self.last_error else "no credentials yet"
+
+    def pending(self) -> str | None:
+        """"reload pending" with the reason the new settings have no set yet, or None."""
+        if self.reload_pending is None:
+            return None
+        why = f": {self.last_error}" if self.last_error else ": waiting for the first set"
+        return f"reload pending ({self.reload_pending}){why}"
 
 
 def status_of(
@@ -70,6 +91,7 @@ def status_of(
         "consecutive_failures": state.failures,
         "renewals": dict(state.renewals),
         "restored_from_cache": state.restored,
+        "reload_pending": state.pending(),
         "used_by": [
             {"door": door, "peer": peer or None, "last": iso_z(utc(last)), "count": int(count)}
             for (door, peer), (last, count) in sorted(state.used_by.items())

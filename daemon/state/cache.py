@@ -10,6 +10,8 @@ and is ignored rather than served.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -28,18 +30,43 @@ NONCE = 12
 KEY_NAME = "cache-key"
 
 
-def load_or_create_key(path: Path) -> bytes:
-    """A 32-byte key from a private file, created (0600) on first use."""
+def load_or_create_key(path: Path, *, ours: bool = True) -> bytes:
+    """A 32-byte key from a private file, created (0600) on first use.
+
+    The key appears whole or not at all (linked into place after an fsync): a full disk or a
+    crash leaves no key rather than a short one. A key file of the wrong length that the daemon
+    made itself (``ours``: in state_dir) is never trusted and never silently kept: it is moved
+    aside with an error in the log and a new key is made (the sets sealed under the old one no
+    longer open and are renewed). One the operator provides (a systemd credential) is refused.
+    """
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Linked into place whole: a full disk or a crash never leaves a short key behind.
-        atomic_write(path, secrets.token_bytes(32), replace=False)
-        log.info("cache key created", path=str(path))
+        _create_key(path)
     check_private_file(path, "cache key")
     key = path.read_bytes()
-    if len(key) != 32:
-        raise FileError(f"cache key {path} must hold exactly 32 bytes (it has {len(key)})")
-    return key
+    if len(key) == 32:
+        return key
+    problem = f"cache key {path} must hold exactly 32 bytes (it has {len(key)})"
+    if not ours:
+        raise FileError(problem + ": replace it with 32 random bytes")
+    aside = path.with_name(f"{path.name}.damaged")
+    os.replace(path, aside)
+    log.error("cache key unusable: set aside, a new one is made; cached sets will be renewed",
+              path=str(path), moved_to=str(aside), length=len(key))
+    _create_key(path)
+    return path.read_bytes()
+
+
+def _create_key(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    atomic_write(path, secrets.token_bytes(32), replace=False)
+    log.info("cache key created", path=str(path))
+
+
+def derive_key(key: bytes, purpose: str) -> bytes:
+    """Another 32-byte key from the cache key, for one purpose (the IMDS token key): one secret
+    file to protect, and tokens that outlive a restart as real IMDS tokens outlive theirs."""
+    return hmac.new(key, b"credential-sidecar derived key v1\0" + purpose.encode(),
+                    hashlib.sha256).digest()
 
 
 def default_key_path(state_dir: Path) -> Path:

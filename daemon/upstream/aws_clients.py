@@ -19,6 +19,7 @@ from botocore.exceptions import (
     HTTPClientError,
     ReadTimeoutError,
 )
+from botocore.parsers import ResponseParserError
 
 from credential_sidecar import __version__
 from credential_sidecar.config.values import is_loopback
@@ -57,10 +58,14 @@ def call_error(exc: BaseException, where: str) -> UpstreamError:
         return error_from_botocore(exc, where)
     if isinstance(exc, TimeoutError):
         return UpstreamError("Timeout", f"no answer from {where} in time")
+    if isinstance(exc, ResponseParserError):
+        # HTML from a captive portal or proxy, an empty or truncated body: not AWS talking.
+        return UpstreamError("MalformedResponse", f"{where} answered with something that is not"
+                             " an AWS response (HTML, empty or truncated)")
     return UpstreamError("ConnectionError", f"{where}: {exc!r}")
 
 
-CALL_ERRORS = (ClientError, BotoCoreError, TimeoutError, OSError)
+CALL_ERRORS = (ClientError, BotoCoreError, ResponseParserError, TimeoutError, OSError)
 
 
 def is_loopback_url(url: str | None) -> bool:
