@@ -53,7 +53,7 @@ def test_every_client_and_fault_ran(soak: dict[str, Any]) -> None:
     assert all(kinds[k].get("ok", 0) > 0 for k in KINDS), kinds
     assert not soak["client_crashes"]
     done = soak["done"]
-    assert done["events"] == 12 and done["kill -9 + restart"] >= 2 and done["sighup"] >= 5
+    assert done["events"] == 13 and done["kill -9 + restart"] >= 3 and done["sighup"] >= 6
     assert done["daemon_reload_log"].get("reloaded", 0) >= 2  # a storm may be coalesced
     # The lapse: every set expired during an outage; errors then are not failures.
     assert soak["errors_without_a_good_set"]["count"] > 0
