@@ -359,13 +359,16 @@ class Clients:
     def fetcher_loop(self, order: list[str]) -> None:
         from botocore.utils import ContainerMetadataFetcher
 
+        class Fetcher(ContainerMetadataFetcher):
+            TIMEOUT_SECONDS = int(CLIENT_TIMEOUT)  # botocore's 2 s, made generous for CI
+
         i = 0
         while self.running():
             name = order[i % len(order)]
             i += 1
             begun = self.rec.start()
             try:
-                doc = ContainerMetadataFetcher().retrieve_full_uri(
+                doc = Fetcher().retrieve_full_uri(
                     f"{self.container}v1/credentials/{name}",
                     headers={"Authorization": self.tokens[name]})
             except Exception as exc:
@@ -427,6 +430,10 @@ def status_of(error: str) -> int | None:
 def boto3_worker(spec_path: str) -> None:
     """Round robin over connections: boto3.Session().get_credentials() through the env vars."""
     import boto3  # type: ignore[import-untyped]
+    from botocore.utils import ContainerMetadataFetcher
+
+    # botocore's 2 s per attempt, made generous: a loaded CI machine is not a failure.
+    ContainerMetadataFetcher.TIMEOUT_SECONDS = int(CLIENT_TIMEOUT)
 
     spec = json.loads(Path(spec_path).read_text())
     clock_file, stop_file = Path(spec["clock_file"]), Path(spec["stop_file"])
@@ -943,6 +950,27 @@ def held_sets(sidecar: Sidecar, clock: TestClock, issued: dict[str, float],
     return out
 
 
+def connection_log(sidecar: Sidecar) -> dict[str, list[tuple[float, int, str]]]:
+    """Per connection, what the daemon logged about it: (real time, incarnation, event)."""
+    out: dict[str, list[tuple[float, int, str]]] = {}
+    for n, e in sidecar.parsed_logs():
+        conn, when, event = e.get("connection"), e.get("timestamp"), e.get("event")
+        if isinstance(conn, str) and isinstance(when, str) and isinstance(event, str):
+            out.setdefault(conn, []).append((stamp(when), n, event))
+    for rows in out.values():
+        rows.sort()
+    return out
+
+
+def daemon_said(log: dict[str, list[tuple[float, int, str]]], o: Obs) -> str | None:
+    """The daemon's last log line about the connection before the answer, with its process."""
+    rows = [r for r in log.get(o.conn, []) if r[0] <= o.r1]
+    if not rows:
+        return None
+    real, n, event = rows[-1]
+    return f"{event} (daemon #{n}, {o.r1 - real:.1f} s before)"
+
+
 def good_set(sets: list[HeldSet], o: Obs) -> HeldSet | None:
     """The good set with the most time left when the request ended, if any."""
     good = [s for s in sets if s.start <= o.t0 and s.expires - o.t1 >= MIN_LEFT + TOLERANCE
@@ -1013,20 +1041,24 @@ def judge(sidecar: Sidecar, clock: TestClock, stats: dict[str, Any], obs: list[O
         counts["failures while good"] += 1
         failures.append(o)
 
+    conn_log = connection_log(sidecar)
+
     def show(o: Obs) -> dict[str, Any]:
         s = good_set(sets.get(o.conn, []), o)
         return {"test_time": iso(o.t0), "real_time": iso(o.r0), "kind": o.kind,
                 "connection": o.conn, "error": o.error, "status": o.status,
-                "after": context_of(o, sidecar.events),
+                "after": context_of(o, sidecar.events), "daemon_said": daemon_said(conn_log, o),
                 "good_set": None if s is None else
                 {"key": s.key[:8] + "...", "seconds_left": round(s.expires - o.t1),
                  "logged_by_incarnation": s.incarnation, "how": sorted(s.sources)}}
 
     classes: Counter[tuple[str, str, str]] = Counter()
     examples: dict[tuple[str, str, str], Obs] = {}
+    said: Counter[str] = Counter()
     for o in failures:
         ctx = context_of(o, sidecar.events).split(" (+")[0]
         cls = (o.kind, ctx, error_class(o.error))
+        said[(daemon_said(conn_log, o) or "nothing").split(" (daemon")[0]] += 1
         classes[cls] += 1
         examples.setdefault(cls, o)
     return {
@@ -1038,6 +1070,9 @@ def judge(sidecar: Sidecar, clock: TestClock, stats: dict[str, Any], obs: list[O
                          "first": show(examples[(k, ctx, err)])}
                         for (k, ctx, err), n in classes.most_common()],
             "connections": len({o.conn for o in failures}),
+            "daemon_last_said": dict(said.most_common()),
+            "all": [[iso(o.r0), o.kind, o.conn, o.status, context_of(o, sidecar.events)]
+                    for o in failures[:5000]],
         },
         "errors_without_a_good_set": {"count": len(no_good),
                                       "first": [show(o) for o in no_good[:5]]},
@@ -1140,6 +1175,8 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"daemon RSS MiB first/last/max {res['rss_mib']['first']}/"
                      f"{res['rss_mib']['last']}/{res['rss_mib']['max']}; fds first/last/max "
                      f"{res['fds']['first']}/{res['fds']['last']}/{res['fds']['max']}")
+    for what, n in result["failures_while_good"]["daemon_last_said"].items():
+        lines.append(f"  {n:5d} failures; the daemon's last line on that connection: {what}")
     for cls in result["failures_while_good"]["classes"][:12]:
         lines.append(f"  {cls['count']:5d} x {cls['kind']:<18} after {cls['after']:<24} "
                      f"{cls['error']}")
