@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from credential_sidecar.arn import Arn
+from credential_sidecar.config.pkcs11_uri import parse as parse_pkcs11_uri
 from credential_sidecar.config.values import (
     CREDENTIALS_PREFIXES,
     EXTERNAL_ID_RE,
@@ -100,6 +101,40 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
 
 
 ConfigPath = Annotated[Path, BeforeValidator(_not_empty), AfterValidator(_resolve)]
+
+
+def _pkcs11_uri(value: str) -> str:
+    """Shape only (the token is reached at start-up); refuses pin-value, naming no PIN."""
+    parse_pkcs11_uri(value)
+    return value
+
+
+def _key_ref(value: Any, info: ValidationInfo) -> Path | str:
+    """A key file, a ``pkcs11:`` URI (kept as text) or a TPM persistent ``handle:0x81...``."""
+    if isinstance(value, str) and value.startswith("pkcs11:"):
+        return _pkcs11_uri(value)
+    if isinstance(value, str) and value.startswith("handle:"):
+        try:
+            handle = int(value.removeprefix("handle:"), 0)
+        except ValueError:
+            raise ValueError("a TPM handle is written handle:0x81000002") from None
+        if not 0x81000000 <= handle <= 0x81FFFFFF:
+            raise ValueError("TPM persistent handles are 0x81000000-0x81FFFFFF")
+        return value
+    return _cert_ref(value, info)
+
+
+def _cert_ref(value: Any, info: ValidationInfo) -> Path | str:
+    """A certificate file, or a ``pkcs11:`` URI of a certificate on the key's token."""
+    if isinstance(value, str) and value.startswith("pkcs11:"):
+        return _pkcs11_uri(value)
+    if not isinstance(value, str | Path):
+        raise ValueError("must be a path")
+    return _resolve(Path(_not_empty(value)), info)
+
+
+KeyRef = Annotated[Path | str, PlainValidator(_key_ref)]
+CertificateRef = Annotated[Path | str, PlainValidator(_cert_ref)]
 ListenAddress = Annotated[
     Address,
     PlainValidator(parse_address),
@@ -178,10 +213,16 @@ class _ConnectionBase(_Model):
 class RolesAnywhereConnection(_ConnectionBase):
     # Field order matters: validators below read fields declared before them via info.data.
     type: Literal["roles-anywhere"]
-    certificate: ConfigPath
-    private_key: ConfigPath | None = Field(default=None, validate_default=True)
+    certificate: CertificateRef
+    private_key: KeyRef | None = Field(default=None, validate_default=True)
     private_key_passphrase_file: ConfigPath | None = None
     intermediates: ConfigPath | None = None
+    # Hardware keys (README "Hardware keys"): the PKCS#11 module (default: p11-kit's proxy), the
+    # TPM's TCTI (default device:/dev/tpmrm0) and TPM auth values, each in a file of its own.
+    pkcs11_module: ConfigPath | None = None
+    tpm_tcti: Annotated[str, BeforeValidator(_not_empty)] | None = None
+    tpm_key_auth_file: ConfigPath | None = None
+    tpm_parent_auth_file: ConfigPath | None = None
     trust_anchor_arn: str
     profile_arn: str
     role_arn: str
@@ -192,9 +233,13 @@ class RolesAnywhereConnection(_ConnectionBase):
 
     @field_validator("private_key")
     @classmethod
-    def _key_unless_pkcs12(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+    def _key_unless_pkcs12(
+        cls, value: Path | str | None, info: ValidationInfo
+    ) -> Path | str | None:
         cert = info.data.get("certificate")
-        if value is None and cert is not None and cert.suffix.lower() not in (".p12", ".pfx"):
+        if isinstance(cert, str) and not (isinstance(value, str) and value.startswith("pkcs11:")):
+            raise ValueError("must be the key's pkcs11: URI when certificate is on a token")
+        if value is None and isinstance(cert, Path) and cert.suffix.lower() not in (".p12", ".pfx"):
             raise ValueError("required unless certificate is a PKCS#12 bundle (.p12 or .pfx)")
         return value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 from aiohttp import web
@@ -14,6 +15,10 @@ log = get_logger()
 # outlasts the unit's TimeoutStopSec=20s, so systemd killed daemons mid-answer; a credential
 # request takes milliseconds, so a few seconds is plenty and leaves systemd's bound far away.
 SHUTDOWN_SECONDS = 4.0
+# A connection accepted just before a stop has usually not sent its request yet; aiohttp would
+# close it as idle, and the client would see a reset. It gets this long to send one (a client
+# that connects and never sends delays a stop by this much, no more).
+FIRST_REQUEST_GRACE = SHUTDOWN_SECONDS
 
 
 class Listener:
@@ -51,6 +56,43 @@ class Listener:
         return f"http://{host}:{self.port}/"
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """Stop accepting, let connections just accepted send their request, answer every
+        request already read (bounded by SHUTDOWN_SECONDS), close idle keep-alive connections.
+
+        With socket activation the listening socket stays with systemd, so connections that
+        arrive meanwhile wait in its queue for the next process: a restart drops none."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        for site in list(runner.sites):
+            await site.stop()
+        await _first_requests(runner)
+        await runner.cleanup()
+
+
+async def _first_requests(runner: web.AppRunner) -> None:
+    server = runner.server
+    if server is None:
+        return
+    # Connections accepted in the last turn get their protocol a few loop turns later
+    # (asyncio creates the transport in a task): let them register before looking.
+    for _ in range(8):
+        await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FIRST_REQUEST_GRACE
+    # aiohttp counts each connection's requests (no public name for it yet); nothing signals
+    # "a first request arrived", so this polls, briefly and only during a stop.
+    while loop.time() < deadline and any(  # noqa: ASYNC110
+        _unanswered(handler) for handler in server.connections
+    ):
+        await asyncio.sleep(0.01)
+
+
+def _unanswered(handler: object) -> bool:
+    """A connection that has sent no request yet, or whose request is read but not answered.
+
+    aiohttp has no public name for these (its shutdown cancels a request that is parsed but not
+    yet picked up by its handler): the private counters are read defensively."""
+    return bool(getattr(handler, "_request_count", 1) == 0
+                or getattr(handler, "_messages", None)
+                or getattr(handler, "_request_in_progress", False))

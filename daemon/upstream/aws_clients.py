@@ -58,14 +58,18 @@ def call_error(exc: BaseException, where: str) -> UpstreamError:
         return error_from_botocore(exc, where)
     if isinstance(exc, TimeoutError):
         return UpstreamError("Timeout", f"no answer from {where} in time")
-    if isinstance(exc, ResponseParserError):
+    if isinstance(exc, PARSE_ERRORS):
         # HTML from a captive portal or proxy, an empty or truncated body: not AWS talking.
         return UpstreamError("MalformedResponse", f"{where} answered with something that is not"
                              " an AWS response (HTML, empty or truncated)")
     return UpstreamError("ConnectionError", f"{where}: {exc!r}")
 
 
-CALL_ERRORS = (ClientError, BotoCoreError, ResponseParserError, TimeoutError, OSError)
+# What botocore raises when a body is not the XML it expects: ResponseParserError for text that
+# is not XML, a KeyError (and kin) for well-formed XML of another shape, such as an HTML page.
+# Around one botocore call, any of these means the answer was not AWS's.
+PARSE_ERRORS = (ResponseParserError, KeyError, ValueError, TypeError, AttributeError)
+CALL_ERRORS = (ClientError, BotoCoreError, TimeoutError, OSError, *PARSE_ERRORS)
 
 
 def is_loopback_url(url: str | None) -> bool:

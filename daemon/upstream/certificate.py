@@ -20,7 +20,16 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from credential_sidecar.config.pkcs11_uri import parse as parse_pkcs11_uri
 from credential_sidecar.files import FileError, check_private_file, read_file, refuse_exposed
+from credential_sidecar.upstream.hardware import factory
+from credential_sidecar.upstream.hardware.base import (
+    HardwareKey,
+    HardwareKeyError,
+    KeyMismatchError,
+)
+from credential_sidecar.upstream.hardware.base import check as check_key_matches
+from credential_sidecar.upstream.hardware.chain import select_chain
 from credential_sidecar.upstream.private_key import (
     SUPPORTED_KEYS,
     describe_key,
@@ -29,7 +38,7 @@ from credential_sidecar.upstream.private_key import (
     load_private_key,
     pem_labels,
 )
-from credential_sidecar.upstream.sigv4_x509 import SigningKey, algorithm_for
+from credential_sidecar.upstream.sigv4_x509 import AnyKey, algorithm_for
 
 PKCS12_SUFFIXES = (".p12", ".pfx")
 
@@ -39,7 +48,7 @@ _PEM_CERT_LABELS = {"CERTIFICATE", "X509 CERTIFICATE"}
 @dataclass(frozen=True)
 class Identity:
     certificate: x509.Certificate
-    private_key: SigningKey = field(repr=False)
+    private_key: AnyKey = field(repr=False)
     chain: tuple[x509.Certificate, ...] = ()
 
     @property
@@ -105,7 +114,7 @@ def _looks_like_pkcs12(data: bytes) -> bool:
     return data[header : header + 3] == b"\x02\x01\x03"
 
 
-def _check_leaf(leaf: x509.Certificate, path: Path) -> None:
+def _check_leaf(leaf: x509.Certificate, path: Path | str) -> None:
     try:
         constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
@@ -170,14 +179,90 @@ def _optional_path(path: Path | None) -> Path | None:
     return Path(path) if path is not None else None
 
 
+def _pin_source(private_key: Path | str | None) -> Path | None:
+    """The PIN file a pkcs11: URI names, so that fixing it triggers a reload."""
+    if isinstance(private_key, str) and private_key.startswith("pkcs11:"):
+        return parse_pkcs11_uri(private_key).pin_source
+    return None
+
+
+@dataclass(frozen=True)
+class HardwareSettings:
+    """How to reach a hardware key: the connection's pkcs11_module / tpm_* settings."""
+
+    pkcs11_module: Path | None = None
+    tpm_tcti: str | None = None
+    tpm_key_auth_file: Path | None = None
+    tpm_parent_auth_file: Path | None = None
+
+    def open(self, private_key: str) -> HardwareKey:
+        return factory.open_key(
+            private_key, pkcs11_module=self.pkcs11_module, tpm_tcti=self.tpm_tcti,
+            tpm_key_auth_file=self.tpm_key_auth_file,
+            tpm_parent_auth_file=self.tpm_parent_auth_file,
+        )
+
+
+def is_hardware(private_key: Path | str | None) -> bool:
+    """A pkcs11: URI, a TPM handle: or a TSS2 key file (sniffed: it is named like any key)."""
+    return private_key is not None and factory.is_hardware_key(str(private_key))
+
+
+def load_hardware_identity(
+    certificate: Path | str, key: HardwareKey, intermediates: Path | None = None
+) -> Identity:
+    """The identity of an open hardware key: leaf from a file or the token, a test signature
+    proving the key is the certificate's, and only the intermediates that chain the leaf."""
+    try:
+        if isinstance(certificate, str):
+            leaf, extra = factory.load_certificate(certificate, key), []
+        else:
+            data, _ = read_file(certificate, "certificate")
+            parsed = _parse_certificates(data, certificate, "certificate")
+            if not parsed:
+                raise FileError(f"certificate {certificate} is not a PEM or DER certificate: "
+                                "a hardware key needs its certificate in a file or on the token")
+            leaf, *extra = parsed
+        _check_leaf(leaf, certificate)
+        check_key_matches(key, leaf)
+        if intermediates is not None:
+            data, _ = read_file(intermediates, "intermediates")
+            extra += _parse_certificates(data, intermediates, "intermediates") or []
+        if isinstance(key, factory.HoldsCertificates):
+            extra += key.token_certificates()
+        chain = select_chain(leaf, extra)
+    except KeyMismatchError as exc:
+        raise FileError(f"{exc} (certificate {certificate})") from None
+    except HardwareKeyError as exc:
+        raise FileError(str(exc)) from None
+    return Identity(certificate=leaf, private_key=key, chain=tuple(chain))
+
+
 def load_identity(
     *,
-    certificate: Path,
-    private_key: Path | None = None,
+    certificate: Path | str,
+    private_key: Path | str | None = None,
     passphrase_file: Path | None = None,
     intermediates: Path | None = None,
+    hardware: HardwareSettings | None = None,
 ) -> Identity:
-    """Read and check every file of one identity; blocking and CPU-heavy (run it in a thread)."""
+    """Read and check every file of one identity; blocking and CPU-heavy (run it in a thread).
+
+    A hardware key is opened here and belongs to the Identity (IdentitySource keeps it open
+    across certificate reloads instead, see there).
+    """
+    if is_hardware(private_key):
+        try:
+            hw_key = (hardware or HardwareSettings()).open(str(private_key))
+        except HardwareKeyError as exc:
+            raise FileError(str(exc)) from None
+        try:
+            return load_hardware_identity(certificate, hw_key, _optional_path(intermediates))
+        except BaseException:
+            hw_key.close()
+            raise
+    if isinstance(certificate, str) or isinstance(private_key, str):
+        raise FileError("a pkcs11: certificate needs a pkcs11: private_key")
     certificate = Path(certificate)
     private_key = _optional_path(private_key)
     passphrase_file = _optional_path(passphrase_file)
@@ -240,22 +325,41 @@ class IdentitySource:
     def __init__(
         self,
         *,
-        certificate: Path,
-        private_key: Path | None = None,
+        certificate: Path | str,
+        private_key: Path | str | None = None,
         passphrase_file: Path | None = None,
         intermediates: Path | None = None,
+        hardware: HardwareSettings | None = None,
     ) -> None:
-        self._certificate = Path(certificate)
-        self._private_key = _optional_path(private_key)
+        self._certificate = certificate if isinstance(certificate, str) else Path(certificate)
+        self._private_key = private_key if isinstance(private_key, str) else _optional_path(
+            private_key)
         self._passphrase_file = _optional_path(passphrase_file)
         self._intermediates = _optional_path(intermediates)
+        self._hardware = hardware or HardwareSettings()
+        # A hardware key stays open across certificate reloads (a token login, a TPM load);
+        # it is re-opened only when its own files (TSS2 key, PIN, auth) change.
+        self._key_files = [
+            p
+            for p in (
+                _pin_source(self._private_key),
+                self._private_key if isinstance(self._private_key, Path) else None,
+                self._hardware.tpm_key_auth_file,
+                self._hardware.tpm_parent_auth_file,
+            )
+            if p is not None
+        ]
+        self._hw_key: HardwareKey | None = None
+        self._hw_signature: _Signature | None = None
+        self._retired: list[HardwareKey] = []
         self._files = [
             p
             for p in (
-                self._certificate,
-                self._private_key,
+                self._certificate if isinstance(self._certificate, Path) else None,
+                self._private_key if isinstance(self._private_key, Path) else None,
                 self._passphrase_file,
                 self._intermediates,
+                *[f for f in self._key_files if f != self._private_key],
             )
             if p is not None
         ]
@@ -264,10 +368,10 @@ class IdentitySource:
         self._failed: _Signature | None = None
         self._lock = asyncio.Lock()
 
-    def _signature(self) -> _Signature:
+    def _signature(self, files: list[Path] | None = None) -> _Signature:
         """A few stat calls: cheap enough for every get(), unlike parsing keys."""
         out: list[tuple[int, int, int, int, int, int] | None] = []
-        for path in self._files:
+        for path in self._files if files is None else files:
             try:
                 st = os.stat(path)
             except OSError:
@@ -279,12 +383,34 @@ class IdentitySource:
         return tuple(out)
 
     def _load(self) -> Identity:
+        # Sniffed on every load: a TSS2 key file may appear (or replace a key file) later.
+        if is_hardware(self._private_key):
+            return self._load_hardware()
         return load_identity(
             certificate=self._certificate,
             private_key=self._private_key,
             passphrase_file=self._passphrase_file,
             intermediates=self._intermediates,
         )
+
+    def _load_hardware(self) -> Identity:
+        signature = self._signature(self._key_files)
+        if self._hw_key is None or signature != self._hw_signature:
+            try:
+                key = self._hardware.open(str(self._private_key))
+            except HardwareKeyError as exc:
+                raise FileError(str(exc)) from None
+            if self._hw_key is not None:  # a fetch may still hold it: closed in close()
+                self._retired.append(self._hw_key)
+            self._hw_key, self._hw_signature = key, signature
+        return load_hardware_identity(self._certificate, self._hw_key, self._intermediates)
+
+    async def close(self) -> None:
+        """Log out of the token / flush the TPM key (blocking calls, so in a thread)."""
+        keys = [*self._retired, *([self._hw_key] if self._hw_key else [])]
+        self._retired, self._hw_key = [], None
+        for key in keys:
+            await asyncio.to_thread(key.close)
 
     def current(self) -> Identity | None:
         return self._identity

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from typing import Any
 
@@ -14,7 +16,8 @@ from credential_sidecar.credentials import Credentials, parse_time
 from credential_sidecar.files import FileError
 from credential_sidecar.logs import SECRETS
 from credential_sidecar.upstream.base import UpstreamError, digest
-from credential_sidecar.upstream.certificate import Identity, IdentitySource
+from credential_sidecar.upstream.certificate import HardwareSettings, Identity, IdentitySource
+from credential_sidecar.upstream.hardware.base import HardwareKey, HardwareKeyError
 from credential_sidecar.upstream.sigv4_x509 import sign_request
 
 SERVICE = "rolesanywhere"
@@ -99,6 +102,12 @@ class RolesAnywhereSource:
             private_key=connection.private_key,
             passphrase_file=connection.private_key_passphrase_file,
             intermediates=connection.intermediates,
+            hardware=HardwareSettings(
+                pkcs11_module=connection.pkcs11_module,
+                tpm_tcti=connection.tpm_tcti,
+                tpm_key_auth_file=connection.tpm_key_auth_file,
+                tpm_parent_auth_file=connection.tpm_parent_auth_file,
+            ),
         )
         self.url = (connection.endpoint or default_endpoint(connection.region)).rstrip("/")
         self.url += "/sessions"
@@ -142,7 +151,9 @@ class RolesAnywhereSource:
         identity = await self._identity()
         body = self.request_body()
         now = self.clock.time()
-        signed = sign_request(
+        # A hardware key signs on its device (milliseconds, blocking): off the event loop.
+        sign = functools.partial(
+            sign_request,
             method="POST",
             url=self.url,
             headers={"Content-Type": "application/json"},
@@ -154,6 +165,13 @@ class RolesAnywhereSource:
             private_key=identity.private_key,
             chain=identity.chain,
         )
+        if isinstance(identity.private_key, HardwareKey):
+            try:
+                signed = await asyncio.to_thread(sign)
+            except HardwareKeyError as exc:
+                raise UpstreamError("HardwareKeyError", str(exc)) from None
+        else:
+            signed = sign()
         try:
             async with self._session().post(
                 self.url, data=body, headers=signed.headers, timeout=self._timeout
@@ -171,6 +189,7 @@ class RolesAnywhereSource:
     async def close(self) -> None:
         if self._own_http and self._http is not None:
             await self._http.close()
+        await self.identity.close()
 
 
 __all__ = ["RolesAnywhereSource", "default_endpoint"]

@@ -17,13 +17,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from credential_sidecar.upstream.hardware.base import HardwareKey
+
 RSA_ALGORITHM = "AWS4-X509-RSA-SHA256"
 EC_ALGORITHM = "AWS4-X509-ECDSA-SHA256"
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+# A key in a file (cryptography) or one that never leaves a token or TPM (blocking sign()).
+AnyKey = SigningKey | HardwareKey
 
 
 def algorithm_for(key: object) -> str:
-    """The algorithm name for a private or public key (RSA or EC)."""
+    """The algorithm name for a private or public key (RSA or EC), or a hardware key."""
+    if isinstance(key, HardwareKey):
+        key = key.public_key()
     if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
         return RSA_ALGORITHM
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
@@ -98,10 +104,12 @@ class SignedRequest:
     string_to_sign: str
 
 
-def sign_bytes(key: SigningKey, data: bytes) -> bytes:
+def sign_bytes(key: AnyKey, data: bytes) -> bytes:
     if isinstance(key, rsa.RSAPrivateKey):
         return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    return key.sign(data, ec.ECDSA(hashes.SHA256()))
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(data, ec.ECDSA(hashes.SHA256()))
+    return key.sign(data)  # HardwareKey: same formats, computed on the device (blocking)
 
 
 def sign_request(
@@ -114,7 +122,7 @@ def sign_request(
     service: str,
     when: datetime,
     certificate: x509.Certificate,
-    private_key: SigningKey,
+    private_key: AnyKey,
     chain: Sequence[x509.Certificate] = (),
 ) -> SignedRequest:
     """Sign one request; returns every header to send (the caller's plus the signing ones)."""

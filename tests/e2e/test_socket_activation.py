@@ -153,11 +153,11 @@ def test_systemd_socket_activate_starts_the_daemon_on_the_first_connection(
                                  imds=[])
         path = tmp_path / "config.toml"
         path.write_text(h.to_toml(config))
-        log = (tmp_path / "activated.log").open("wb")
-        proc = subprocess.Popen(
-            ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=health",
-             sys.executable, "-m", "credential_sidecar", "run", "--config", str(path)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
+        with (tmp_path / "activated.log").open("wb") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=health",
+                 sys.executable, "-m", "credential_sidecar", "run", "--config", str(path)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
         process = h.Process(proc, tmp_path / "activated.log")
         try:
             h.wait_for(lambda: any("Listening on" in line for line in process.lines()),

@@ -123,6 +123,13 @@ class Process:
         return self.proc.returncode
 
 
+def run_cli(args: list[str], env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run one credential-sidecar command to completion."""
+    return subprocess.run(CLI + args, capture_output=True, text=True, timeout=timeout,
+                          env=env or clean_env(), check=False)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV_KEYS}
     env.update(extra)
