@@ -1298,6 +1298,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     shutil.copy(path, args.keep / path.name)
         rec.extend(read_boto3(boto3_out, clock))
         result = judge(sidecar, clock, stats, rec.obs, soak.kills, soak.gaps)
+        if args.keep:
+            with (args.keep / "observations.jsonl").open("w") as out:
+                for o in sorted(rec.obs, key=lambda o: o.r0):
+                    out.write(json.dumps(asdict(o)) + "\n")
         reloads = Counter(str(e.get("event")) for _, e in sidecar.parsed_logs()
                           if str(e.get("event", "")).startswith(("reloaded", "reload")))
         result.update(
