@@ -980,11 +980,11 @@ def good_set(sets: list[HeldSet], o: Obs) -> HeldSet | None:
 
 def context_of(o: Obs, events: list[Event]) -> str:
     """The last schedule step before the request (what the failure most likely follows)."""
-    before = [e for e in events if e.real <= o.r0 and e.kind not in QUIET_EVENTS]
+    before = [e for e in events if e.real <= o.r1 and e.kind not in QUIET_EVENTS]
     if not before:
         return "start"
     last = before[-1]
-    return f"{last.kind} (+{o.r0 - last.real:.1f} s)"
+    return f"{last.kind} (+{o.r1 - last.real:.1f} s before the answer)"
 
 
 def error_class(error: str) -> str:
