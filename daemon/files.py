@@ -10,11 +10,12 @@ and the fix, never its contents.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 # Certificates, keys, secrets and tokens take a few kilobytes: a bigger file is a wrong path.
@@ -50,7 +51,9 @@ def refuse_irregular(path: Path, what: str, st: os.stat_result) -> None:
 
 # POSIX access ACLs as Linux stores them (acl(5)): a version, then (tag, perm, id) entries.
 _ACL_XATTR = "system.posix_acl_access"
-_ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK = 0x02, 0x04, 0x08, 0x10
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = (
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20)
+_ACL_NO_ID = 0xFFFFFFFF
 
 
 def acl_grants(target: int | Path, owner: int) -> list[str] | None:
@@ -80,6 +83,35 @@ def acl_grants(target: int | Path, owner: int) -> list[str] | None:
         elif tag == _ACL_GROUP:
             grants.append(f"group {ident}")
     return grants
+
+
+def read_acl(uids: Iterable[int], gids: Iterable[int]) -> bytes:
+    """The ``system.posix_acl_access`` value of a file its owner reads and writes and each of
+    ``uids`` and ``gids`` may read: what ``setfacl -m u:UID:r,g:GID:r`` on a 0600 file makes."""
+    entries = [(_ACL_USER_OBJ, 0o6, _ACL_NO_ID)]
+    entries += [(_ACL_USER, 0o4, uid) for uid in sorted(set(uids))]
+    entries.append((_ACL_GROUP_OBJ, 0, _ACL_NO_ID))
+    entries += [(_ACL_GROUP, 0o4, gid) for gid in sorted(set(gids))]
+    entries += [(_ACL_MASK, 0o4, _ACL_NO_ID), (_ACL_OTHER, 0, _ACL_NO_ID)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+
+
+def grant_read(fd: int, uids: Iterable[int], gids: Iterable[int]) -> None:
+    """Make the open file 0600 plus one ACL read entry per uid and gid (none: plain 0600).
+
+    Only the owner (or root) may do this; the mode's group bits then show the ACL's mask (r).
+    """
+    uids, gids = list(uids), list(gids)
+    os.fchmod(fd, 0o600)
+    if uids or gids:
+        os.setxattr(fd, _ACL_XATTR, read_acl(uids, gids))
+    else:
+        try:
+            os.removexattr(fd, _ACL_XATTR)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
+                raise
+        os.fchmod(fd, 0o600)
 
 
 def refuse_exposed(path: Path, what: str, st: os.stat_result, fd: int | None = None) -> None:
@@ -148,8 +180,11 @@ def read_file(
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         reason = getattr(exc, "strerror", None) or str(exc)
         raise FileError(f"{what} {path} cannot be opened: {reason}") from None
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):  # fdopen() would refuse it with a bare IsADirectoryError
+        os.close(fd)
+        refuse_irregular(path, what, st)
     with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(handle.fileno())
         if private:
             refuse_exposed(path, what, st, handle.fileno())
         else:
@@ -170,6 +205,73 @@ def read_file(
 def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
     """What changes when a file is replaced or rewritten: device, inode, size, mtime."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+# --- trusting paths --------------------------------------------------------------------------
+
+
+def check_owned(path: Path, what: str, *, allow_root: bool = False,
+                kind: str | None = None) -> os.stat_result:
+    """Refuse a path the daemon did not make, as sshd's StrictModes does: it must not be a
+    symbolic link, must belong to the daemon's uid (or root's, with ``allow_root``: root could
+    read the daemon's memory anyway), and group and others must not be able to write it.
+    ``kind`` "dir" or "file" also checks the type. Returns its lstat()."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise missing(path, what) from None
+    except OSError as exc:
+        raise FileError(f"{what} {path} cannot be inspected: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise FileError(
+            f"{what} {path} is a symbolic link: the daemon follows no link it did not make;"
+            " point the configuration at the real path"
+        )
+    if kind == "dir" and not stat.S_ISDIR(st.st_mode):
+        raise FileError(f"{what} {path} is {_file_kind(st.st_mode)}, not a directory")
+    if kind == "file":
+        refuse_irregular(path, what, st)
+    euid = os.geteuid()
+    if st.st_uid != euid and not (allow_root and st.st_uid == 0):
+        raise FileError(
+            f"{what} {path} belongs to uid {st.st_uid}, not to the daemon (uid {euid}): the"
+            f" daemon trusts no path someone else made; remove it, or run: chown {euid} {path}"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise FileError(
+            f"{what} {path} has mode {mode:04o}: group or others could replace what is in it;"
+            f" run: chmod go-w {path}"
+        )
+    return st
+
+
+def private_dir(path: Path, what: str, mode: int = 0o700) -> Path:
+    """``path`` as a directory the daemon can trust: missing components are made one by one
+    with mkdir (never through a link: mkdir does not follow one, and each is checked after)
+    and given ``mode`` whatever the umask; an existing directory is checked, not changed."""
+    path = Path(path)
+    made: list[Path] = []
+    cursor = path
+    while not os.path.lexists(cursor) and cursor != cursor.parent:
+        made.append(cursor)
+        cursor = cursor.parent
+    for directory in reversed(made):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            made.remove(directory)  # made meanwhile by someone else: checked below as found
+            continue
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+    for directory in made:
+        check_owned(directory, what, kind="dir")
+    check_owned(path, what, kind="dir")
+    return path
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -232,9 +334,13 @@ __all__ = [
     "FileError",
     "acl_grants",
     "atomic_write",
+    "check_owned",
     "check_private_file",
     "fsync_dir",
+    "grant_read",
     "missing",
+    "private_dir",
+    "read_acl",
     "read_file",
     "refuse_exposed",
     "refuse_irregular",

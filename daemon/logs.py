@@ -13,8 +13,9 @@ import os
 import re
 import sys
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -156,6 +157,53 @@ def writes_to_journal(stream: TextIO) -> bool:
     return expected == f"{info.st_dev}:{info.st_ino}"
 
 
+class RepeatFilter(logging.Filter):
+    """Lets one record of each kind (logger, level, message template) through per ``interval``
+    seconds; the next one that passes says how many were dropped (``suppressed``).
+
+    asyncio logs "socket.accept() out of system resource" with a traceback for every failed
+    accept: 78 000 lines in 17 s once descriptors ran out. Library messages that repeat are
+    one kind however their arguments differ (addresses, ports).
+    """
+
+    def __init__(self, interval: float = 10.0, limit: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.clock = clock
+        self.interval = interval
+        self.limit = limit
+        self._seen: dict[tuple[str, int, str], list[float]] = {}  # -> [passed at, dropped]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg))
+        now = self.clock()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is not None and now - entry[0] < self.interval:
+                entry[1] += 1
+                return False
+            if entry is None and len(self._seen) >= self.limit:
+                self._seen.clear()
+            dropped = int(entry[1]) if entry is not None else 0
+            self._seen[key] = [now, 0]
+        if dropped:
+            record.suppressed = dropped
+        return True
+
+
+def _foreign_fields(logger: Any, method: str, event_dict: MutableMapping[str, Any]
+                    ) -> MutableMapping[str, Any]:
+    """A library's record as a daemon line: its logger's name, its own message as the event."""
+    record = event_dict.get("_record")
+    if isinstance(record, logging.LogRecord):
+        event_dict["logger"] = record.name
+        suppressed = getattr(record, "suppressed", None)
+        if suppressed:
+            event_dict["suppressed"] = suppressed
+    return event_dict
+
+
 def configure(
     fmt: str = "json",
     level: str = "info",
@@ -168,27 +216,44 @@ def configure(
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+    stamp: list[Any] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        RedactSecrets(),
     ]
+    # After the fields are set: the traceback as text (before redaction, which would turn an
+    # exception object into its repr and lose the traceback), blank, scrub, render, scrub the
+    # rendered line.
+    tail: list[Any] = []
     if fmt != "console":
-        processors.append(structlog.processors.format_exc_info)
-    processors += [renderer, _scrub_rendered(SECRETS)]
+        tail.append(structlog.processors.format_exc_info)
+    tail += [RedactSecrets(), renderer, _scrub_rendered(SECRETS)]
     if writes_to_journal(stream or sys.stderr):
-        processors.append(_journal_prefix)
+        tail.append(_journal_prefix)
     structlog.configure(
-        processors=processors,
+        processors=[structlog.contextvars.merge_contextvars, *stamp, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
-    # Libraries log through the standard library: keep them quiet and off stdout.
-    logging.basicConfig(level=logging.WARNING, stream=stream or sys.stderr)
+    # Libraries (aiohttp, asyncio, botocore, urllib3) log through the standard library: their
+    # lines go through the same redaction and renderer as the daemon's own (one JSON object per
+    # line, registered secrets scrubbed, tracebacks included), at warning or above, each kind
+    # at most once per 10 s.
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*stamp, _foreign_fields],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+    ))
+    handler.addFilter(RepeatFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_credential_sidecar", False):  # ours, from an earlier configure()
+            root.removeHandler(old)
+    handler._credential_sidecar = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level.upper()]))
 
 
 def get_logger(**initial: Any) -> structlog.stdlib.BoundLogger:

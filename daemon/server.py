@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from credential_sidecar import logs
+from credential_sidecar import hardening, logs
 from credential_sidecar.clock import Clock, clock_from_env
 from credential_sidecar.config.errors import ConfigError
 from credential_sidecar.config.load import load_config
@@ -23,6 +23,7 @@ from credential_sidecar.config.model import (
     RolesAnywhereConnection,
 )
 from credential_sidecar.credentials import iso_z
+from credential_sidecar.doors.access import Access, ConnectionGate
 from credential_sidecar.doors.container import ALIASES as CONTAINER_ALIASES
 from credential_sidecar.doors.container import ContainerApp
 from credential_sidecar.doors.container_tokens import TokenBook
@@ -32,6 +33,7 @@ from credential_sidecar.doors.health import HealthApp, readiness, status_rows
 from credential_sidecar.doors.imds import ImdsApp, ImdsIdentity
 from credential_sidecar.doors.listener import Listener
 from credential_sidecar.doors.metrics import Metrics
+from credential_sidecar.doors.peers import PeerFinder
 from credential_sidecar.files import FileError
 from credential_sidecar.renewal.manager import CredentialManager
 from credential_sidecar.renewal.schedule import Policy
@@ -43,6 +45,7 @@ from credential_sidecar.state.cache import (
     load_or_create_key,
 )
 from credential_sidecar.state.records import ConnectionRecords
+from credential_sidecar.state.trust import check_state_dir
 from credential_sidecar.systemd.activation import SocketPool
 from credential_sidecar.systemd.link import ServiceLink, install_test_hooks
 from credential_sidecar.systemd.notify import Notifier, listen_fds
@@ -74,13 +77,16 @@ class Daemon:
         self.token_key: bytes | None = None  # IMDS tokens: derived from the cache key
         self.listen_problems: dict[str, str] = {}  # door -> why it is not listening
         self._chores: list[asyncio.Task[None]] = []
+        self.access: Access | None = None  # built with the first TCP door (_access)
 
     def _source(self, connection: object) -> CredentialSource:
         if isinstance(connection, RolesAnywhereConnection):
-            return RolesAnywhereSource(connection, self.clock, http=self.http)
+            return RolesAnywhereSource(connection, self.clock, http=self.http,
+                                       daemon_ca_bundle=self.config.daemon.ca_bundle)
         if isinstance(connection, AccessKeysConnection):
             return AccessKeySource(connection, self.clock,
-                                   warn_after_days=self.config.daemon.key_age_warning_days)
+                                   warn_after_days=self.config.daemon.key_age_warning_days,
+                                   daemon_ca_bundle=self.config.daemon.ca_bundle)
         raise TypeError(f"no credential source for {type(connection).__name__}")
 
     def _required(self) -> list[str]:
@@ -131,8 +137,7 @@ class Daemon:
         manager = self._manager()
         self.tokens.sync(self.config.connections, self.config.daemon.state_dir)
         guard = HostGuard(self.config.container.listen.host, aliases=CONTAINER_ALIASES)
-        container = ContainerApp(self.tokens, manager.get, guard,
-                                 on_served=lambda name: manager.record_use(name, "container"))
+        container = ContainerApp(self.tokens, manager.get, guard, access=self._access())
         return container.app, self.config.container.listen, guard
 
     def _imds_door(self, listener: ImdsListener) -> Door:
@@ -146,16 +151,42 @@ class Daemon:
             self.clock,
             guard,
             allow_imdsv1=listener.allow_imdsv1,
-            token_key=self.token_key,
-            on_served=lambda _req: manager.record_use(name, f"imds:{name}"),
+            # One key per listener: a token from one connection's door is refused at another's.
+            token_key=derive_key(self.token_key, f"imds:{name}") if self.token_key else None,
+            access=self._access(),
+            door=f"imds:{name}",
         )
         return imds.app, listener.listen, guard
 
     def _health_door(self) -> Door:
         assert self.config.health is not None
-        health = HealthApp(self._manager(), self._required, self._describe, self.door_problems)
+        guard = HostGuard(self.config.health.listen.host)  # DNS rebinding: /status, /metrics
+        health = HealthApp(self._manager(), self._required, self._describe, self.door_problems,
+                           guard=guard)
         health.app.router.add_get("/metrics", self._metrics().handle)
-        return health.app, self.config.health.listen, None
+        return health.app, self.config.health.listen, guard
+
+    # -- who may take a set over TCP (doors/access.py) ----------------------------------------
+
+    def _access(self) -> Access:
+        """One Access for every TCP door: the kernel's peer lookup, the per-connection cache,
+        the allowed_uids/allowed_gids rule, the audit trail."""
+        if self.access is None:
+            self.access = Access(PeerFinder(), self._grantee,
+                                 record_use=self._manager().record_use,
+                                 count=self._metrics().handout)
+        return self.access
+
+    def _check_paths(self) -> None:
+        """Refuse to start on a state_dir (or cache key, cache entry) the daemon did not make:
+        FileError naming the path (state/trust.py)."""
+        daemon = self.config.daemon
+        check_state_dir(daemon.state_dir,
+                        daemon.cache_key_file or default_key_path(daemon.state_dir))
+
+    def _gate(self, door: str) -> ConnectionGate:
+        """Each TCP door's cap on open connections, in all and per peer uid."""
+        return ConnectionGate(door, self._access(), on_reject=self._metrics().rejected)
 
     def _metrics(self) -> Metrics:
         assert self.metrics is not None, "metrics are built with the manager"
@@ -191,6 +222,7 @@ class Daemon:
         return self.manager
 
     async def start(self) -> None:
+        await asyncio.to_thread(self._check_paths)
         await asyncio.to_thread(self.records.sync, self.config.connections, self.clock.time())
         self.http = aiohttp.ClientSession()
         sources = {c.name: self._source(c) for c in self.config.connections}
@@ -232,7 +264,8 @@ class Daemon:
     async def _listen(self, door, app, address, guard: HostGuard | None) -> None:  # type: ignore[no-untyped-def]
         sock = self.sockets.socket_for(door, address)
         self._metrics().attach(door, app)
-        listener = Listener(door, app, address.host, address.port, sock=sock)
+        listener = Listener(door, app, address.host, address.port, sock=sock,
+                            gate=self._gate(door))
         port = await listener.start()
         self.listeners.append(listener)
         self.listen_problems.pop(door, None)
@@ -349,6 +382,8 @@ class Daemon:
             await self.manager.stop()
         if self.http is not None:
             await self.http.close()
+        if self.access is not None:
+            self.access.finder.close()
         self.sockets.close()
 
 
@@ -383,7 +418,7 @@ async def serve(
     daemon = Daemon(config, sockets=SocketPool(listen_fds()))
     try:
         await daemon.start()
-    except OSError as exc:
+    except (OSError, FileError) as exc:
         log.error("cannot start", error=str(exc))
         await daemon.stop()
         return 1
@@ -442,4 +477,18 @@ def run(config_path: str) -> int:
         print(exc, file=sys.stderr)
         return 2
     logs.configure(config.daemon.log_format, config.daemon.log_level)
+    _harden()
     return asyncio.run(serve(config, config_path))
+
+
+def _harden() -> None:
+    """No core dump, no same-uid ptrace (hardening.py); a failure is logged, not fatal."""
+    try:
+        facts = hardening.harden()
+    except OSError as exc:
+        log.warning("process could not be made non-dumpable", error=str(exc))
+        return
+    if facts["dumpable"] != 0 or facts["core_limit"] != [0, 0]:
+        log.warning("process only partly hardened: set LimitCORE=0", **facts)
+    else:
+        log.info("process hardened", **facts)

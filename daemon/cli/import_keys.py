@@ -17,6 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from credential_sidecar.config.values import AccessKeyError, check_key_id, check_secret
+from credential_sidecar.files import FileError, refuse_irregular
 from credential_sidecar.upstream.secret_file import write_secret
 
 MAX_BYTES = 64 * 1024  # a key file is a few hundred bytes
@@ -130,8 +133,9 @@ def _csv(text: str, where: str, user: str | None) -> KeyFile:
             raise KeyFileError(f"{where}: no row for user {user!r}")
     if len(data) > 1:
         if user_col is not None:
-            users = ", ".join(row[user_col].strip() for _, row in data)
-            raise KeyFileError(f"{where}: keys of several users ({users}); pick one with --user")
+            lines = ", ".join(str(n) for n, _ in data)  # never the names: cells are not echoed
+            raise KeyFileError(f"{where}: keys of several users (lines {lines}); pick one with"
+                               " --user")
         lines = ", ".join(str(n) for n, _ in data)
         raise KeyFileError(f"{where}: several keys (lines {lines}); keep one row in the file")
     number, row = data[0]
@@ -160,11 +164,38 @@ def parse(data: bytes, where: str = "key file", *, user: str | None = None) -> K
 
 
 def read(path: Path, *, user: str | None = None) -> KeyFile:
+    """Opened without blocking (O_NONBLOCK) and checked before reading: a named pipe, a device
+    or a directory is refused at once instead of hanging the command."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read it: {exc.strerror}") from None
+    try:
+        try:
+            refuse_irregular(path, "key file", os.fstat(fd))
+        except FileError as exc:
+            raise KeyFileError(str(exc)) from None
+        try:
+            data = os.read(fd, MAX_BYTES + 1)
+        except OSError as exc:
+            raise KeyFileError(f"{path}: cannot read it: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     return parse(data, str(path), user=user)
+
+
+# C0 controls (ESC, BEL, CR...), DEL and C1 controls (CSI...): a file name, a --name or anything
+# else echoed could otherwise move the cursor, retitle the terminal or hide what was printed.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every terminal control character shown as an escape (``\\x1b``)."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _say(message: str) -> None:
+    print(printable(message), file=sys.stderr)
 
 
 def config_path_for(secret_file: Path) -> str:
@@ -200,7 +231,7 @@ def import_keys(file: str, name: str, *, secret_file: str | None = None, user: s
     try:
         key = read(source, user=user)
     except KeyFileError as exc:
-        print(f"import-keys: {exc}", file=sys.stderr)
+        _say(f"import-keys: {exc}")
         return 2
     target = Path(secret_file) if secret_file else DEFAULT_DIR / f"{name}.secret"
     target = target.absolute()
@@ -212,33 +243,31 @@ def import_keys(file: str, name: str, *, secret_file: str | None = None, user: s
     try:
         parse_config(tomllib.loads(block), source="the config block")
     except ConfigError as exc:
-        print(f"import-keys: {exc}", file=sys.stderr)
+        _say(f"import-keys: {exc}")
         return 2
     except tomllib.TOMLDecodeError as exc:
-        print(f"import-keys: --name or --secret-file cannot be written in TOML: {exc}",
-              file=sys.stderr)
+        _say(f"import-keys: --name or --secret-file cannot be written in TOML: {exc}")
         return 2
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_secret(target, key.secret, replace=force)
     except FileExistsError:
-        print(f"import-keys: {target} already exists; it is left as it is. Choose another path"
-              " with --secret-file, or replace it with --force", file=sys.stderr)
+        _say(f"import-keys: {target} already exists; it is left as it is. Choose another path"
+             " with --secret-file, or replace it with --force")
         return 2
     except OSError as exc:
-        print(f"import-keys: cannot write {target}: {exc.strerror}", file=sys.stderr)
+        _say(f"import-keys: cannot write {target}: {exc.strerror}")
         return 2
     print(block, end="")
-    owner = f" of user {key.user}" if key.user else ""
-    print(f"import-keys: {key.kind} line {key.line}: key {key.key_id}{owner}; secret stored in"
-          f" {target} (mode 0600)", file=sys.stderr)
+    owner = f" of user {user}" if user else ""  # what --user said, never the file's cell
+    _say(f"import-keys: {key.kind} line {key.line}: key {key.key_id}{owner}; secret stored in"
+         f" {target} (mode 0600)")
     if key.is_root:
-        print("import-keys: warning: this is the AWS account root user's key. AWS advises an"
-              " IAM user's key with only the permissions needed instead.", file=sys.stderr)
-    print(f"import-keys: {source} still holds the secret in the clear: delete it once the"
-          f" connection works (credential-sidecar test-connection {name} --config PATH)",
-          file=sys.stderr)
+        _say("import-keys: warning: this is the AWS account root user's key. AWS advises an"
+             " IAM user's key with only the permissions needed instead.")
+    _say(f"import-keys: {source} still holds the secret in the clear: delete it once the"
+         f" connection works (credential-sidecar test-connection {name} --config PATH)")
     return 0
 
 
-__all__ = ["KeyFile", "KeyFileError", "config_block", "import_keys", "parse", "read"]
+__all__ = ["KeyFile", "KeyFileError", "config_block", "import_keys", "parse", "printable", "read"]

@@ -74,6 +74,7 @@ def parse_config(
                 problems.append(problem)
     if isinstance(data, dict):
         problems.extend(_cross_checks(data))
+        problems.extend(_shared_token_files(data, base_dir))
     if problems or config is None:
         raise ConfigError(source, _format(problems, data))
     return config
@@ -177,6 +178,48 @@ def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[Loc, str]]:
             yield loc, f"same address as {_path(taken[address.key()])}"
         else:
             taken[address.key()] = loc
+
+
+def _shared_token_files(data: dict[str, Any], base_dir: Path | None
+                        ) -> Iterator[tuple[Loc, str]]:
+    """Two connections naming one container token file would share one token: either app could
+    take the other's credentials. Compared as absolute, normalised paths; a connection without
+    the key uses <state_dir>/tokens/<name>.token."""
+    def absolute(text: str) -> str:
+        path = Path(os.path.expanduser(text))
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        return os.path.normpath(path)
+
+    daemon = data.get("daemon")
+    state_dir = daemon.get("state_dir") if isinstance(daemon, dict) else None
+    state = absolute(state_dir) if isinstance(state_dir, str) and state_dir else (
+        "/var/lib/credential-sidecar")
+    seen: dict[str, tuple[int, str, bool]] = {}
+    names: set[str] = set()
+    connections = data.get("connections")
+    for i, conn in enumerate(connections if isinstance(connections, list) else []):
+        if not isinstance(conn, dict) or not isinstance(conn.get("name"), str):
+            continue
+        names_before = set(names)
+        names.add(conn["name"])
+        name, configured = conn["name"], conn.get("container_token_file")
+        if isinstance(configured, str) and configured:
+            path, explicit = absolute(configured), True
+        elif configured is None and name not in names_before:  # duplicate names: reported
+            path, explicit = os.path.join(state, "tokens", f"{name}.token"), False
+        else:
+            continue  # reported by the model
+        if path in seen:
+            j, other, other_explicit = seen[path]
+            whose = ("its container_token_file" if other_explicit
+                     else "its default token file")
+            loc: Loc = ("connections", i, "container_token_file") if explicit else (
+                "connections", i, "name")
+            yield loc, (f'connections "{other}" (connections[{j}], {whose}) and "{name}" would'
+                        f" share the container token file {path}: give each its own")
+        else:
+            seen[path] = (i, name, explicit)
 
 
 def _inline_secrets(node: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:

@@ -44,6 +44,7 @@ from credential_sidecar.config.values import (
     check_endpoint,
     check_key_id,
     check_name,
+    check_proxy_url,
     check_region,
     check_session_name,
     parse_address,
@@ -142,6 +143,7 @@ ListenAddress = Annotated[
 ]
 Region = Annotated[str, AfterValidator(check_region)]
 Endpoint = Annotated[str, AfterValidator(check_endpoint)]
+ProxyUrl = Annotated[str, AfterValidator(check_proxy_url)]
 ConnectionName = Annotated[str, AfterValidator(check_name)]
 SessionName = Annotated[str, AfterValidator(check_session_name)]
 SystemId = Annotated[StrictInt, Field(ge=0, le=4294967294)]
@@ -165,6 +167,9 @@ class DaemonSettings(_Model):
     # Under systemd (Type=notify): READY=1 once every required connection is ready, or after this
     # many seconds, whichever is first. Keep it below the unit's TimeoutStartSec= (90 s).
     ready_timeout_seconds: Annotated[StrictInt, Field(ge=0, le=3600)] = 60
+    # CA bundle (PEM) for every upstream call unless a connection names its own; default:
+    # AWS_CA_BUNDLE, else the system store (docs/network.md).
+    ca_bundle: ConfigPath | None = None
 
 
 class _Listener(_Model):
@@ -208,6 +213,16 @@ class _ConnectionBase(_Model):
     allowed_gids: list[SystemId] = []
     notes: str = ""
     optional: StrictBool = False
+    # Network (docs/network.md). proxy: as curl's -x (wins over HTTPS_PROXY/ALL_PROXY; "" = none);
+    # no_proxy: replaces NO_PROXY (host suffixes, IPs, CIDR, host:port, *); the proxy's
+    # user:password only in proxy_credentials_file (0600); ca_bundle: this connection's CAs.
+    proxy: ProxyUrl | None = None
+    no_proxy: str | None = None
+    proxy_credentials_file: ConfigPath | None = None
+    ca_bundle: ConfigPath | None = None
+    # None: AWS_USE_FIPS_ENDPOINT / AWS_USE_DUALSTACK_ENDPOINT decide (as the SDKs do).
+    use_fips_endpoint: StrictBool | None = None
+    use_dualstack_endpoint: StrictBool | None = None
 
 
 class RolesAnywhereConnection(_ConnectionBase):

@@ -174,6 +174,33 @@ def check_endpoint(value: str) -> str:
     return value
 
 
+def check_proxy_url(value: str) -> str:
+    """An http(s) proxy as curl reads it (scheme optional), never with credentials inside.
+
+    The user name and password live in ``proxy_credentials_file`` (0600), so that neither the
+    config nor a log line ever holds them.
+    """
+    text = value.strip()
+    if not text:
+        return text  # "" = no proxy at all, the environment ignored (curl -x "")
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+        _ = parts.port
+    except ValueError:
+        raise ValueError("must be a proxy URL like http://proxy.example:3128") from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        raise ValueError("must be an http or https proxy URL like http://proxy.example:3128")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "must not carry a user name or password: put user:password in a 0600 file and name"
+            " it in proxy_credentials_file"
+        )
+    return value
+
+
 def check_name(value: str) -> str:
     if not _NAME_RE.match(value):
         raise ValueError(

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from credential_sidecar.credentials import Credentials
+from credential_sidecar.doors.access import Access
 from credential_sidecar.doors.container_tokens import TokenBook
 from credential_sidecar.doors.guards import HostGuard, forwarded
 from credential_sidecar.logs import get_logger
@@ -32,6 +33,7 @@ log = get_logger()
 
 ALIASES = ("169.254.170.2", "169.254.170.23")  # the hosts ECS and EKS Pod Identity use
 PATH_RE = re.compile(r"^/v1/credentials/([^/]+)$")
+DOOR = "container"
 
 
 
@@ -61,11 +63,13 @@ class ContainerApp:
         guard: HostGuard,
         *,
         on_served: Callable[[str], None] | None = None,
+        access: Access | None = None,
     ) -> None:
         self.tokens = tokens
         self.lookup = lookup
         self.guard = guard
         self.on_served = on_served
+        self.access = access  # who may have each set (allowed_uids/gids), and the audit trail
         self._rendered: dict[str, tuple[Credentials, str]] = {}  # see _document
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -102,10 +106,16 @@ class ContainerApp:
             log.info("container request refused: token of another connection", connection=owner,
                      asked=name, peer=request.remote)
             return _error(404, "NotFound", "no connection by that name for this token")
+        if self.access is not None:
+            refusal = await self.access.refusal(request, DOOR, name)
+            if refusal is not None:
+                return _error(403, "Forbidden", refusal)
         creds = self.lookup(name)
         if creds is None:
             return _error(503, "CredentialsUnavailable",
                           "no fresh credentials to serve yet; see /status")
         if self.on_served:
             self.on_served(name)
+        if self.access is not None:
+            await self.access.served(request, DOOR, name, creds)
         return web.Response(text=self._document(name, creds), content_type="application/json")

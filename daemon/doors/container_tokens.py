@@ -1,11 +1,16 @@
 """Container tokens: one per connection, in a file its app reads, compared in constant time.
 
+Each token file is the daemon's, mode 0600, plus a POSIX ACL read entry for each uid and gid
+the connection allows (``allowed_uids``, ``allowed_gids``): an app reads its own connection's
+token and no other, with no shared group.
+
 A token file is created once (whole or not at all) and then only read, so apps that copied a
 token keep working; its digest, never the token, is what the door keeps to compare with.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
@@ -16,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from credential_sidecar.files import atomic_write
+from credential_sidecar.files import FileError, acl_grants, atomic_write, grant_read, private_dir
 from credential_sidecar.logs import SECRETS, get_logger
 
 log = get_logger()
@@ -35,24 +40,59 @@ def default_token_path(state_dir: Path, name: str) -> Path:
     return state_dir / TOKEN_DIR / f"{name}.token"
 
 
-def read_token(path: Path) -> str:
+def read_token(path: Path, uids: Sequence[int] = (), gids: Sequence[int] = ()) -> str:
     """The token in ``path``, trailing whitespace stripped (editors add newlines; botocore
-    would send them and fail). Refused when other users may read or write the file."""
+    would send them and fail).
+
+    The file must be the daemon's own (a file someone else made, or a symbolic link, is
+    refused); its access is then set to exactly what the connection grants: mode 0600 plus one
+    POSIX ACL read entry per ``allowed_uids`` and ``allowed_gids`` entry (so a changed list takes
+    effect at the next reload, and a file from an older version, 0640 in the daemon's group,
+    is narrowed). Refused when anyone else may still read or write it.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TokenError(f"container token file {path} is a symbolic link: point"
+                             " container_token_file at the file itself") from None
         raise TokenError(f"container token file {path} cannot be read: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise TokenError(f"container token file {path} is not a regular file")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o007:
+        if st.st_uid != os.geteuid():
             raise TokenError(
-                f"container token file {path} has mode {mode:04o}: other users must not read or"
-                f" write it; run: chmod 640 {path}"
+                f"container token file {path} belongs to uid {st.st_uid}, not to the daemon"
+                f" (uid {os.geteuid()}): a token file the daemon did not make is not trusted;"
+                " remove it and the daemon makes a new one"
+            )
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o007 or mode & 0o020:
+            raise TokenError(
+                f"container token file {path} has mode {mode:04o}: other users may have read or"
+                f" changed it; write a new token into it and run: chmod 600 {path}"
+            )
+        try:
+            grant_read(fd, uids, gids)
+        except OSError as exc:
+            raise TokenError(
+                f"container token file {path}: cannot set its access (mode 0600 and an ACL"
+                f" for allowed_uids/allowed_gids): {exc.strerror}; the filesystem must support"
+                " POSIX ACLs"
+            ) from None
+        st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        # With an ACL the group bits are its mask; only the file's own group must have nothing.
+        # (No ACL: the group bits are the group's. An ACL naming only the daemon's own uid
+        # grants nobody else: [].)
+        grants = acl_grants(fd, st.st_uid) if mode & 0o070 else []
+        if mode & 0o037 or grants is None or "the file's group" in grants:
+            raise TokenError(
+                f"container token file {path} has mode {mode:04o} after setting its access:"
+                f" run: setfacl -b {path} && chmod 600 {path}"
             )
         data = os.read(fd, _MAX_FILE + 1)
     finally:
@@ -71,34 +111,32 @@ def read_token(path: Path) -> str:
     return token
 
 
-def load_or_create_token(path: Path, group: int | None = None) -> tuple[str, bool]:
-    """The token in ``path``; created (0640, no trailing newline) if the file is absent.
+def load_or_create_token(
+    path: Path, uids: Sequence[int] = (), gids: Sequence[int] = ()
+) -> tuple[str, bool]:
+    """The token in ``path``; created (no trailing newline) if the file is absent.
 
-    The new file appears whole or not at all (written aside, then hard-linked into place, which
-    never replaces a file someone else created meanwhile). ``group`` becomes the file's group so
-    the app's group can read it; failing that (the daemon is not root nor in that group) the file
-    keeps the daemon's group and a warning says so. Returns (token, created).
+    A new file is 0600 and the daemon's, with one ACL read entry per uid and gid given, set on
+    the temporary file before it holds a byte; it appears whole or not at all (written aside,
+    then hard-linked into place, which never replaces a file someone else created meanwhile).
+    A missing directory is created 0711 (others may reach a file they know the name of, not
+    list the directory); an existing one must be the daemon's and not writable by group or
+    others. Returns (token, created).
     """
     try:
-        return read_token(path), False
+        private_dir(path.parent, "container token directory", 0o711)
+    except FileError as exc:
+        raise TokenError(str(exc)) from None
+    try:
+        return read_token(path, uids, gids), False
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
     token = secrets.token_urlsafe(32)
-
-    def app_group(fd: int) -> None:
-        if group is None:
-            return
-        try:
-            os.fchown(fd, -1, group)
-        except OSError as exc:
-            log.warning("container token file keeps the daemon's group", file=str(path),
-                        group=group, error=exc.strerror)
-
     try:
-        atomic_write(path, token.encode("ascii"), mode=0o640, replace=False, prepare=app_group)
+        atomic_write(path, token.encode("ascii"), mode=0o600, replace=False,
+                     prepare=lambda fd: grant_read(fd, uids, gids))
     except FileExistsError:
-        return read_token(path), False
+        return read_token(path, uids, gids), False
     return token, True
 
 
@@ -113,6 +151,8 @@ class TokenOwner(Protocol):
     def name(self) -> str: ...
     @property
     def container_token_file(self) -> Path | None: ...
+    @property
+    def allowed_uids(self) -> Sequence[int]: ...
     @property
     def allowed_gids(self) -> Sequence[int]: ...
 
@@ -130,15 +170,15 @@ class TokenBook:
         digests: dict[str, bytes] = {}
         self.paths, self.problems = {}, {}
         for conn in connections:
-            name, configured, gids = conn.name, conn.container_token_file, conn.allowed_gids
+            name, configured = conn.name, conn.container_token_file
             path = configured or default_token_path(state_dir, name)
             self.paths[name] = path
             try:
                 if configured is None:
-                    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-                token, created = load_or_create_token(path, gids[0] if gids else None)
-            except (TokenError, OSError) as exc:
-                message = str(exc) if isinstance(exc, TokenError) else (
+                    private_dir(state_dir, "state_dir")
+                token, created = load_or_create_token(path, conn.allowed_uids, conn.allowed_gids)
+            except (TokenError, FileError, OSError) as exc:
+                message = str(exc) if isinstance(exc, TokenError | FileError) else (
                     f"container token file {path}: {exc.strerror or exc}")
                 self.problems[name] = message
                 log.error("connection not served on the container door", connection=name,

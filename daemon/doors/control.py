@@ -27,11 +27,12 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from credential_sidecar.doors.peers import Grantee, Peer, admits
+from credential_sidecar.files import FileError, private_dir
 from credential_sidecar.logs import get_logger
 from credential_sidecar.renewal.manager import CredentialManager
 
@@ -40,21 +41,12 @@ log = get_logger()
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 MAX_LINE = 64 * 1024
 IDLE_SECONDS = 30.0
+MAX_CLIENTS = 64  # connected clients at once; more are closed at once
+MAX_CLIENTS_PER_UID = 16  # ... of which one uid may hold
 MAX_GROUPS = 256  # Python's getsockopt buffer holds at most 1024 bytes
 STATUS_CODES = {"BadRequest": 400, "Forbidden": 403, "NotFound": 404,
                 "CredentialsUnavailable": 503}
 _UCRED = struct.Struct("3i")
-
-
-@dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-    groups: tuple[int, ...] = ()
-
-    def __str__(self) -> str:
-        return f"uid {self.uid}"
 
 
 def peer_of(sock: socket.socket) -> Peer:
@@ -68,21 +60,33 @@ def peer_of(sock: socket.socket) -> Peer:
     return Peer(pid, uid, gid, groups)
 
 
-class Grantee(Protocol):
-    """What the socket reads from a connection's configuration."""
-
-    @property
-    def allowed_uids(self) -> Sequence[int]: ...
-    @property
-    def allowed_gids(self) -> Sequence[int]: ...
+MAX_DEPTH = 8  # a request is one flat object: {"op": ..., "name": ...}
 
 
-def admits(conn: Grantee, peer: Peer, daemon_uid: int | None = None) -> bool:
-    """Root and the daemon's own uid always; otherwise the connection's allowed uids and gids."""
-    daemon_uid = os.geteuid() if daemon_uid is None else daemon_uid
-    if peer.uid in (0, daemon_uid) or peer.uid in conn.allowed_uids:
-        return True
-    return any(gid in conn.allowed_gids for gid in (peer.gid, *peer.groups))
+def _depth(line: bytes) -> int:
+    """How deep brackets nest outside strings, before json.loads recurses into them (a line of
+    60 000 '[' made json.loads raise RecursionError: an InternalError and a traceback)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_DEPTH:
+                    return deepest
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 class Refused(Exception):
@@ -95,10 +99,15 @@ class Refused(Exception):
 def bind_socket(path: Path) -> socket.socket:
     """A listening Unix socket at ``path``, mode 0660 before anyone can connect.
 
-    The directory is created (0750) if missing. A socket file left by a daemon that died is
-    removed; a live one (another daemon answers) or a file that is not a socket is refused.
+    The directory is created (0750) if missing; an existing one must be the daemon's and not
+    writable by group or others (files.private_dir). A socket file left by a daemon that died is
+    removed; a live one (another daemon answers), one someone else made, or a file that is not a
+    socket is refused.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    try:
+        private_dir(path.parent, "control socket directory", 0o750)
+    except FileError as exc:
+        raise OSError(str(exc)) from None
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -106,6 +115,11 @@ def bind_socket(path: Path) -> socket.socket:
     else:
         if not stat.S_ISSOCK(st.st_mode):
             raise OSError(f"control socket {path} exists and is not a socket; remove it")
+        if st.st_uid != os.geteuid():
+            raise OSError(
+                f"control socket {path} belongs to uid {st.st_uid}, not to the daemon (uid"
+                f" {os.geteuid()}): someone else made it; remove it"
+            )
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.settimeout(1.0)
@@ -147,6 +161,8 @@ class ControlServer:
         self.on_answer = on_answer
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._per_uid: dict[int, int] = {}
+        self.rejected = 0  # clients closed at connect: too many at once
 
     @property
     def url(self) -> str:
@@ -173,10 +189,20 @@ class ControlServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is not None:
-            self._clients.add(task)
+        peer: Peer | None = None
         try:
             peer = peer_of(writer.get_extra_info("socket"))
+            if (len(self._clients) >= MAX_CLIENTS
+                    or self._per_uid.get(peer.uid, 0) >= MAX_CLIENTS_PER_UID):
+                self.rejected += 1
+                if self.rejected == 1 or self.rejected % 1000 == 0:
+                    log.warning("control client closed at connect: too many at once",
+                                uid=peer.uid, rejected=self.rejected)
+                peer = None
+                return
+            if task is not None:
+                self._clients.add(task)
+            self._per_uid[peer.uid] = self._per_uid.get(peer.uid, 0) + 1
             while True:
                 try:
                     line = await asyncio.wait_for(reader.readline(), IDLE_SECONDS)
@@ -191,6 +217,12 @@ class ControlServer:
         finally:
             if task is not None:
                 self._clients.discard(task)
+            if peer is not None:
+                left = self._per_uid.get(peer.uid, 1) - 1
+                if left > 0:
+                    self._per_uid[peer.uid] = left
+                else:
+                    self._per_uid.pop(peer.uid, None)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
@@ -213,9 +245,11 @@ class ControlServer:
             self.on_answer(self.door, status)
 
     def _handle(self, line: bytes, peer: Peer) -> dict[str, Any]:
+        if _depth(line) > MAX_DEPTH:
+            raise Refused("BadRequest", f"JSON nested deeper than {MAX_DEPTH} levels")
         try:
             request = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise Refused("BadRequest", "each request is one JSON object on one line") from None
         if not isinstance(request, dict):
             raise Refused("BadRequest", "each request is one JSON object on one line")

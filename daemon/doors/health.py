@@ -1,11 +1,17 @@
-"""Health, readiness and status for probes and operators: never a secret."""
+"""Health, readiness and status for probes and operators: never a secret.
+
+Still a page a browser could be steered to by DNS rebinding (/status names every connection,
+/metrics their counts): requests whose Host header names another host are refused with 400, as
+on the credential doors (guards.HostGuard).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from credential_sidecar.doors.guards import HostGuard
 from credential_sidecar.renewal.manager import CredentialManager
 from credential_sidecar.renewal.state import status_of
 
@@ -17,15 +23,28 @@ class HealthApp:
         required: Callable[[], list[str]],
         describe: Callable[[str], dict[str, object]] | None = None,
         doors: Callable[[], dict[str, str]] | None = None,
+        guard: HostGuard | None = None,
     ) -> None:
         self.manager = manager
         self.required = required
         self.describe = describe
         self.doors = doors or dict  # door problems: a listener not bound, a token file
-        self.app = web.Application()
+        self.guard = guard
+        self.app = web.Application(middlewares=[self._host_check] if guard else [])
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/status", self.status)
+
+    @web.middleware
+    async def _host_check(
+        self, request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        if self.guard is not None and not self.guard.allows(request.headers.get("Host")):
+            return web.json_response(
+                {"Code": "BadHost", "Message": "Host header does not name this endpoint"},
+                status=400)
+        return await handler(request)
 
     async def healthz(self, request: web.Request) -> web.Response:
         # Answering at all proves the event loop runs.

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from credential_sidecar.clock import Clock
 from credential_sidecar.credentials import Credentials
+from credential_sidecar.doors.access import Access
 from credential_sidecar.doors.guards import HostGuard, forwarded
 
 TOKEN_PATH = "/latest/api/token"
@@ -93,6 +94,8 @@ class ImdsApp:
         allow_imdsv1: bool = False,
         token_key: bytes | None = None,
         on_served: Callable[[web.Request], None] | None = None,
+        access: Access | None = None,
+        door: str = "imds",
     ) -> None:
         self.identity = identity
         self.lookup = lookup
@@ -104,6 +107,8 @@ class ImdsApp:
         # does not retry a 401. Without one, tokens die with the process.
         self.tokens = TokenSealer(clock, token_key)
         self.on_served = on_served
+        self.access = access  # who may have the set (allowed_uids/gids), and the audit trail
+        self.door = door
         self._rendered: tuple[Credentials, str] | None = None  # see _document
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -120,6 +125,10 @@ class ImdsApp:
             return _error(400, "BadHost", "Host header does not name this endpoint")
         if forwarded(request):
             return _error(403, "Forbidden", "requests through a proxy are refused")
+        if self.access is not None:
+            refusal = await self.access.refusal(request, self.door, self.identity.role_name)
+            if refusal is not None:
+                return _error(403, "Forbidden", refusal)
         path = request.path
         if path.rstrip("/") == TOKEN_PATH:
             return self.put_token(request)
@@ -130,7 +139,7 @@ class ImdsApp:
         denied = self.check_token(request)
         if denied is not None:
             return denied
-        return self.read(path, request)
+        return await self.read(path, request)
 
     def put_token(self, request: web.Request) -> web.Response:
         if request.method != "PUT":
@@ -154,7 +163,7 @@ class ImdsApp:
             return _error(401, "Unauthorized", "a valid IMDSv2 token is required")
         return None
 
-    def read(self, path: str, request: web.Request) -> web.Response:
+    async def read(self, path: str, request: web.Request) -> web.Response:
         key = path.rstrip("/")
         ident = self.identity
         if key == CREDS_PREFIX:
@@ -167,6 +176,8 @@ class ImdsApp:
                 )
             if self.on_served:
                 self.on_served(request)
+            if self.access is not None:
+                await self.access.served(request, self.door, ident.role_name, creds)
             return _text(self._document(creds))
         if key == "/latest/meta-data/placement/region":
             return _text(ident.region)

@@ -91,6 +91,11 @@ class _RequestCounts:
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], int] = {}
+        # (door, connection, result) -> count: sets handed out ("served") or refused to a peer
+        # its allowed_uids/allowed_gids leave out ("refused")
+        self.handouts: dict[tuple[str, str, str], int] = {}
+        # (door, reason) -> TCP connections closed at accept ("door_full", "peer_full")
+        self.rejected: dict[tuple[str, str], int] = {}
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(f"{PREFIX}_requests", "Requests answered, by door and status.",
@@ -98,6 +103,19 @@ class _RequestCounts:
         for (door, status), count in sorted(self.counts.items()):
             family.add_metric([door, status], count)
         yield family
+        handouts = CounterMetricFamily(
+            f"{PREFIX}_handouts", "Credential sets handed out or refused, by door, connection "
+            "and result (served, refused).", labels=["door", "connection", "result"])
+        for key, count in sorted(self.handouts.items()):
+            handouts.add_metric(list(key), count)
+        yield handouts
+        rejected = CounterMetricFamily(
+            f"{PREFIX}_connections_rejected", "TCP connections closed at accept because the "
+            "door (door_full) or the peer's uid (peer_full) held too many.",
+            labels=["door", "reason"])
+        for pair, count in sorted(self.rejected.items()):
+            rejected.add_metric(list(pair), count)
+        yield rejected
 
 
 class Metrics:
@@ -118,6 +136,14 @@ class Metrics:
         key = (door, str(status))
         counts = self.requests.counts
         counts[key] = counts.get(key, 0) + 1
+
+    def handout(self, door: str, connection: str, result: str) -> None:
+        handouts = self.requests.handouts
+        handouts[door, connection, result] = handouts.get((door, connection, result), 0) + 1
+
+    def rejected(self, door: str, reason: str) -> None:
+        rejected = self.requests.rejected
+        rejected[door, reason] = rejected.get((door, reason), 0) + 1
 
     def observe_upstream(self, connection: str, seconds: float) -> None:
         self.upstream.labels(connection).observe(max(0.0, seconds))

@@ -19,9 +19,11 @@ import contextlib
 import os
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiobotocore.session import AioSession
+from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
     BotoCoreError,
 )
@@ -38,8 +40,16 @@ from credential_sidecar.upstream.aws_clients import (
     call_error,
     side_endpoint,
 )
+from credential_sidecar.upstream.aws_network import boto_network
 from credential_sidecar.upstream.base import UpstreamError, digest
+from credential_sidecar.upstream.endpoints import (
+    EndpointError,
+    default_partitions,
+    resolve_endpoint,
+)
 from credential_sidecar.upstream.key_facts import DAY, KeyFacts, config_created
+from credential_sidecar.upstream.network import CABundleError
+from credential_sidecar.upstream.proxy import ProxyConfigError
 from credential_sidecar.upstream.secret_file import SecretFile
 
 log = get_logger()
@@ -102,6 +112,20 @@ def credentials_from_response(
 
 
 
+def default_url(service: str, connection: AccessKeysConnection) -> str:
+    """Where botocore will send ``service`` calls without an endpoint_url: the URL the proxy
+    decision (NO_PROXY) is made for. STS as the ruleset says (upstream/endpoints.py); IAM at
+    ``iam.<partition's DNS suffix>`` (its partition-global endpoint)."""
+    c = connection
+    if service == "sts":
+        return resolve_endpoint("sts", c.region, use_fips=c.use_fips_endpoint,
+                                use_dualstack=c.use_dualstack_endpoint).url
+    for name in (f"AWS_ENDPOINT_URL_{service.upper()}", "AWS_ENDPOINT_URL"):
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip()
+    return f"https://{service}.{default_partitions().for_region(c.region).dns_suffix}"
+
+
 class AccessKeySource:
     """GetSessionToken / AssumeRole with one connection's long-term key (CredentialSource)."""
 
@@ -114,6 +138,7 @@ class AccessKeySource:
         session: AioSession | None = None,
         timeout: float = 10.0,
         learn: bool = True,
+        daemon_ca_bundle: Path | None = None,
     ) -> None:
         self.name = connection.name
         self.connection = connection
@@ -133,6 +158,7 @@ class AccessKeySource:
         self._learned_key: str | None = None
         self._warned_at: float | None = None
         self._learn_facts = learn  # False: one-off uses (test-connection) make no extra calls
+        self.daemon_ca_bundle = daemon_ca_bundle
 
     # -- the long-term key ------------------------------------------------------------------------
 
@@ -173,14 +199,36 @@ class AccessKeySource:
             return False
         return self._secret_stat is not None and stat_key(st) != self._secret_stat
 
+    def network(self, service: str, endpoint: str | None) -> tuple[dict[str, Any], BotoConfig]:
+        """``verify`` and a Config with the proxy decided as for Roles Anywhere (curl's rules,
+        NO_PROXY with CIDR), never botocore's own environment reading (docs/network.md)."""
+        c = self.connection
+        try:
+            target = endpoint or default_url(service, c)
+            net = boto_network(
+                target, proxy=c.proxy, no_proxy=c.no_proxy,
+                proxy_credentials_file=c.proxy_credentials_file, ca_bundle=c.ca_bundle,
+                daemon_ca_bundle=self.daemon_ca_bundle,
+            )
+        except (ProxyConfigError, CABundleError, EndpointError) as exc:
+            raise UpstreamError("NetworkConfigError", str(exc)) from None
+        extra: dict[str, Any] = dict(net.config_kwargs())
+        if c.use_fips_endpoint is not None:
+            extra["use_fips_endpoint"] = c.use_fips_endpoint
+        if c.use_dualstack_endpoint is not None:
+            extra["use_dualstack_endpoint"] = c.use_dualstack_endpoint
+        return net.client_kwargs(), self._config.merge(BotoConfig(**extra))
+
     async def _client(self, service: str, key_id: str, secret: str, endpoint: str | None) -> Any:
         """A client signing with the long-term key, closed with this source."""
         if self._stack is None:
             self._stack = AsyncExitStack()
+        client_kwargs, config = self.network(service, endpoint)
         try:
             return await self._stack.enter_async_context(self._session.create_client(
                 service, region_name=self.connection.region, endpoint_url=endpoint,
-                aws_access_key_id=key_id, aws_secret_access_key=secret, config=self._config,
+                aws_access_key_id=key_id, aws_secret_access_key=secret, config=config,
+                **client_kwargs,
             ))
         except BotoCoreError as exc:
             raise UpstreamError("ClientConfigError", str(exc)) from None
@@ -278,16 +326,19 @@ class AccessKeySource:
             return  # the renewal reports it; try again after the next success
         async with AsyncExitStack() as stack:
             async def client(service: str, endpoint: str | None) -> Any:
+                client_kwargs, config = self.network(service, endpoint)
                 return await stack.enter_async_context(self._session.create_client(
                     service, region_name=self.connection.region, endpoint_url=endpoint,
-                    aws_access_key_id=key_id, aws_secret_access_key=secret, config=self._config))
+                    aws_access_key_id=key_id, aws_secret_access_key=secret, config=config,
+                    **client_kwargs))
 
             try:
                 sts = await client("sts", self.connection.endpoint)
                 who = await sts.get_caller_identity()
                 facts.arn, facts.account = who.get("Arn"), who.get("Account")
-            except CALL_ERRORS as exc:
-                error = call_error(exc, "sts:GetCallerIdentity")
+            except (*CALL_ERRORS, UpstreamError) as exc:
+                error = (exc if isinstance(exc, UpstreamError)
+                         else call_error(exc, "sts:GetCallerIdentity"))
                 transient = not error.persistent
                 log.info("cannot tell whose key this is", connection=self.name, error=str(error))
             try:
@@ -298,8 +349,9 @@ class AccessKeySource:
                 if mine is not None and mine.get("CreateDate"):
                     facts.created = mine["CreateDate"].astimezone(UTC)
                     facts.created_from, facts.status = "iam", mine.get("Status")
-            except CALL_ERRORS as exc:
-                error = call_error(exc, "iam:ListAccessKeys")
+            except (*CALL_ERRORS, UpstreamError) as exc:
+                error = (exc if isinstance(exc, UpstreamError)
+                         else call_error(exc, "iam:ListAccessKeys"))
                 transient = transient or not error.persistent
                 log.info("key creation date not available from IAM; using created from the config"
                          if facts.created else "key creation date unknown: IAM did not tell and the"

@@ -17,12 +17,15 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
     HTTPClientError,
+    ProxyConnectionError,
     ReadTimeoutError,
+    SSLError,
 )
 from botocore.parsers import ResponseParserError
 
 from credential_sidecar import __version__
 from credential_sidecar.config.values import is_loopback
+from credential_sidecar.upstream.aws_network import classify_botocore
 from credential_sidecar.upstream.base import UpstreamError
 
 
@@ -43,6 +46,10 @@ def error_from_client_error(exc: ClientError) -> UpstreamError:
 
 def error_from_botocore(exc: BotoCoreError, where: str) -> UpstreamError:
     """Network trouble is worth retrying soon: codes the manager treats as transient."""
+    if isinstance(exc, ProxyConnectionError | SSLError):
+        # botocore says "Failed to connect to proxy URL" for a 407 too: name the status line,
+        # or the TLS failure and its host (docs/network.md)
+        return UpstreamError("ConnectionError", classify_botocore(exc, where, None))
     if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
         return UpstreamError("Timeout", f"no answer from {where} in time")
     if isinstance(exc, EndpointConnectionError | HTTPClientError):

@@ -21,6 +21,7 @@ PERSISTENT_CODES = frozenset(
         "ValidationException",
         "ValidationError",
         "FileError",
+        "NetworkConfigError",  # a proxy, proxy credentials, CA bundle or endpoint setting
         "ExpiredToken",
     }
 )

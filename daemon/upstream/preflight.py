@@ -17,7 +17,23 @@ from credential_sidecar.config.load import load_config
 from credential_sidecar.config.model import AccessKeysConnection, Config, RolesAnywhereConnection
 from credential_sidecar.files import FileError, check_private_file
 from credential_sidecar.upstream.certificate import load_identity
+from credential_sidecar.upstream.network import CABundleError, ssl_context
+from credential_sidecar.upstream.proxy import ProxyConfigError, load_proxy_credentials
 from credential_sidecar.upstream.secret_file import SecretFile
+
+
+def network_problems(credentials_file: Path | None, ca_bundle: Path | None) -> Iterator[str]:
+    """The proxy credentials file (0600, user:password) and a CA bundle (PEM certificates)."""
+    if credentials_file is not None:
+        try:
+            load_proxy_credentials(credentials_file)
+        except ProxyConfigError as exc:
+            yield str(exc)
+    if ca_bundle is not None:
+        try:
+            ssl_context(ca_bundle)
+        except CABundleError as exc:
+            yield str(exc)
 
 
 def file_problems(config: Config) -> Iterator[str]:
@@ -32,6 +48,10 @@ def file_problems(config: Config) -> Iterator[str]:
                 SecretFile.for_connection(conn.name, conn.secret_access_key_file).read()
         except FileError as exc:
             yield f"connections[{i}] ({conn.name}): {exc}"
+        for problem in network_problems(conn.proxy_credentials_file, conn.ca_bundle):
+            yield f"connections[{i}] ({conn.name}): {problem}"
+    for problem in network_problems(None, config.daemon.ca_bundle):
+        yield f"daemon.ca_bundle: {problem}"
     key_file = config.daemon.cache_key_file
     if key_file is not None and key_file.exists():
         try:
@@ -58,4 +78,4 @@ def validate(path: str | os.PathLike[str]) -> Config:
     return config
 
 
-__all__ = ["file_problems", "validate"]
+__all__ = ["file_problems", "network_problems", "validate"]

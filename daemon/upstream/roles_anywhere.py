@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,15 +19,34 @@ from credential_sidecar.files import FileError
 from credential_sidecar.logs import SECRETS
 from credential_sidecar.upstream.base import UpstreamError, digest
 from credential_sidecar.upstream.certificate import HardwareSettings, Identity, IdentitySource
+from credential_sidecar.upstream.endpoints import EndpointError, resolve_endpoint
 from credential_sidecar.upstream.hardware.base import HardwareKey, HardwareKeyError
+from credential_sidecar.upstream.network import (
+    CABundleError,
+    ProxyRefused,
+    Route,
+    check_proxy_response,
+    classify,
+    route,
+)
+from credential_sidecar.upstream.proxy import ProxyConfigError
 from credential_sidecar.upstream.sigv4_x509 import sign_request
 
 SERVICE = "rolesanywhere"
 
 
-def default_endpoint(region: str) -> str:
-    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
-    return f"https://rolesanywhere.{region}.{suffix}"
+def default_endpoint(
+    region: str,
+    *,
+    use_fips: bool | None = None,
+    use_dualstack: bool | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """As the SDKs resolve it: partitions (aws-cn, aws-us-gov, the ISO ones...), FIPS, dual-stack,
+    ``AWS_ENDPOINT_URL_ROLESANYWHERE`` / ``AWS_ENDPOINT_URL`` (upstream/endpoints.py)."""
+    return resolve_endpoint(
+        "rolesanywhere", region, use_fips=use_fips, use_dualstack=use_dualstack, env=env
+    ).url
 
 
 def account_of(role_arn: str) -> str | None:
@@ -93,6 +114,7 @@ class RolesAnywhereSource:
         identity: IdentitySource | None = None,
         http: aiohttp.ClientSession | None = None,
         timeout: float = 10.0,
+        daemon_ca_bundle: Path | None = None,
     ) -> None:
         self.name = connection.name
         self.connection = connection
@@ -109,11 +131,34 @@ class RolesAnywhereSource:
                 tpm_parent_auth_file=connection.tpm_parent_auth_file,
             ),
         )
-        self.url = (connection.endpoint or default_endpoint(connection.region)).rstrip("/")
-        self.url += "/sessions"
+        self.daemon_ca_bundle = daemon_ca_bundle
+        self._endpoint_error: str | None = None  # said by fetch(), not at construction
+        try:
+            base = connection.endpoint or default_endpoint(
+                connection.region,
+                use_fips=connection.use_fips_endpoint,
+                use_dualstack=connection.use_dualstack_endpoint,
+            )
+        except EndpointError as exc:
+            self._endpoint_error = str(exc)
+            base = f"https://rolesanywhere.{connection.region}.amazonaws.com"
+        self.url = base.rstrip("/") + "/sessions"
         self._http = http
         self._own_http = http is None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    def route(self) -> Route:
+        """Proxy, proxy credentials and CA store for this call; decided anew for each fetch, so
+        a changed proxy credentials file or CA bundle is picked up without a restart."""
+        c = self.connection
+        try:
+            return route(
+                self.url, proxy=c.proxy, no_proxy=c.no_proxy,
+                proxy_credentials_file=c.proxy_credentials_file, ca_bundle=c.ca_bundle,
+                daemon_ca_bundle=self.daemon_ca_bundle,
+            )
+        except (ProxyConfigError, CABundleError) as exc:
+            raise UpstreamError("NetworkConfigError", str(exc)) from None
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
@@ -148,6 +193,8 @@ class RolesAnywhereSource:
         )
 
     async def fetch(self) -> Credentials:
+        if self._endpoint_error is not None:
+            raise UpstreamError("NetworkConfigError", self._endpoint_error)
         identity = await self._identity()
         body = self.request_body()
         now = self.clock.time()
@@ -172,16 +219,21 @@ class RolesAnywhereSource:
                 raise UpstreamError("HardwareKeyError", str(exc)) from None
         else:
             signed = sign()
+        way = self.route()
         try:
             async with self._session().post(
-                self.url, data=body, headers=signed.headers, timeout=self._timeout
+                self.url, data=body, timeout=self._timeout, **way.request_kwargs(signed.headers)
             ) as response:
+                check_proxy_response(response.status, response.reason, self.url, way.proxy)
                 text = await response.text()
                 status, headers = response.status, response.headers
-        except TimeoutError:
-            raise UpstreamError("Timeout", f"no answer from {self.url} in time") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError("ConnectionError", f"{self.url}: {exc}") from None
+        except TimeoutError as exc:
+            raise UpstreamError("Timeout", classify(exc, self.url, way.proxy)) from None
+        except (aiohttp.ClientError, ProxyRefused) as exc:
+            # one operator-facing line: the proxy's refusal with its status line, or the TLS
+            # failure with the host it was for (never repr(): it can hold Proxy-Authorization)
+            message = classify(exc, self.url, way.proxy, ca_bundle=way.ca_bundle)
+            raise UpstreamError("ConnectionError", message) from None
         if not 200 <= status < 300:
             raise error_from_response(status, headers, text)
         return credentials_from_body(text, now, account_of(self.connection.role_arn))

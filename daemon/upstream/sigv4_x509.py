@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -56,12 +56,41 @@ def host_header(url: str) -> str:
     return host
 
 
+_QUERY_SAFE = "-_.~"
+
+
 def canonical_query(query: str) -> str:
-    pairs = []
-    for item in query.split("&") if query else []:
+    """SigV4's canonical query string from a URL's query, which is already percent-encoded.
+
+    Split on ``&`` and the first ``=``; decode each name and value once (``unquote``, not
+    ``unquote_plus``: in SigV4 a ``+`` is a literal plus and a space is sent as ``%20``);
+    encode once, unreserved characters ``A-Za-z0-9-_.~`` as they are; sort by encoded name,
+    then value; an item without ``=`` is ``name=``; empty items are skipped. (Quoting the raw
+    query instead encoded it twice: ``arn%3Aaws`` became ``arn%253Aaws``.) Matches botocore's
+    ``SigV4Auth._canonical_query_string_params``.
+    """
+    pairs: list[tuple[str, str]] = []
+    for item in query.split("&") if query else ():
+        if not item:
+            continue
         key, _, value = item.partition("=")
-        pairs.append((quote(key, safe="-_.~"), quote(value, safe="-_.~")))
+        pairs.append(
+            (
+                quote(unquote(key, errors="surrogateescape"), safe=_QUERY_SAFE),
+                quote(unquote(value, errors="surrogateescape"), safe=_QUERY_SAFE),
+            )
+        )
     return "&".join(f"{k}={v}" for k, v in sorted(pairs))
+
+
+def encode_query(params: Sequence[tuple[str, str]] | Mapping[str, str]) -> str:
+    """A URL query from decoded parameters, encoded exactly as SigV4 canonicalises it.
+
+    Send this rather than ``urlencode`` (which writes a space as ``+``): the query on the wire
+    then equals its canonical form.
+    """
+    items = list(params.items()) if isinstance(params, Mapping) else list(params)
+    return "&".join(f"{quote(k, safe=_QUERY_SAFE)}={quote(v, safe=_QUERY_SAFE)}" for k, v in items)
 
 
 def canonical_headers(headers: Mapping[str, str]) -> tuple[str, str]:

@@ -4,6 +4,7 @@ credentials through every door, never the long-term key, and knows its key's age
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -282,7 +283,8 @@ def test_status_name_shows_the_whole_account_record(served: Served) -> None:
     assert record["key age (days)"] == "0" and record["mode"] == "GetSessionToken"
     doors = [e["door"] for e in row["used_by"]]
     assert {"imds:app", "container"} <= set(doors)
-    assert "container x" in done.stdout and "imds:app x" in done.stdout
+    me = f"uid:{os.geteuid()}"  # the TCP doors record the peer's uid too
+    assert f"container ({me}) x" in done.stdout and f"imds:app ({me}) x" in done.stdout
     assert ", last 20" in done.stdout
     quiet = status_command(served.daemon.config_path, "quiet")
     assert "key age (days):        120  (older than the warning age: rotate it)" in quiet.stdout

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from credential_sidecar.files import acl_grants
 from tests.helpers import harness as h
 
 NOBODY = 65534  # nobody / nogroup
@@ -146,13 +147,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # --- container door --------------------------------------------------------------------------
 
 
-def test_token_files_are_created_0640_without_a_newline(stack: Stack) -> None:
+def test_token_files_are_created_0600_plus_an_acl_without_a_newline(stack: Stack) -> None:
+    grants = {"app": ["user 65534"], "team": ["group 65534"], "private": None}
     for name in ("app", "team", "private"):
         path = stack.token_file(name)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o640, name
+        # With an ACL the group bits show its mask (read); the file's group has nothing.
+        mode = 0o640 if grants[name] else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == mode, name
+        assert acl_grants(path, os.geteuid()) == grants[name], name
+        assert path.stat().st_uid == os.geteuid()
         raw = path.read_bytes()
         assert raw.strip() == raw and len(raw) >= 43
-    assert stack.token_file("team").stat().st_gid == NOBODY, "group = the first allowed gid"
     assert len({stack.token(n) for n in ("app", "team", "private")}) == 3
     rows = stack.status()
     assert rows["private"]["container_token_file"] == str(stack.token_file("private"))
@@ -485,3 +490,14 @@ def test_sighup_rereads_tokens_starts_new_ones_and_moves_the_socket(tmp_path: Pa
                     c["accessKeyId"] for c in emu.stats()["issued"]}
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("path", ["status", "metrics", "readyz", "healthz"])
+def test_the_health_door_refuses_a_rebound_host(stack: Stack, path: str) -> None:
+    base = stack.daemon.url("health")
+    port = base.rstrip("/").rsplit(":", 1)[1]
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1:1"):
+        status, _, body = h.http("GET", base + path, {"Host": host})
+        assert status == 400 and json.loads(body)["Code"] == "BadHost", host
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+        assert h.http("GET", base + path, {"Host": host})[0] == 200, host

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,10 @@ def test_no_secret_reaches_the_logs(tmp_path: Path) -> None:
                                       str(sock_dir / "control.sock")], capture_output=True,
                                      text=True, timeout=30, check=True)
             assert json.loads(process.stdout)["AccessKeyId"] == served["access_key"]
+            # Malformed requests carrying the registered token, on every HTTP door.
+            for door in ("container", "imds:app", "health"):
+                for raw in _malformed(container_token):
+                    _send_raw(daemon.url(door), raw)
             status, _, body = h.http("GET", daemon.url("health") + "status")
             assert status == 200
             status, _, metrics = h.http("GET", daemon.url("health") + "metrics")
@@ -71,3 +76,31 @@ def test_no_secret_reaches_the_logs(tmp_path: Path) -> None:
             assert secret not in text, f"a secret in {where}"
     for line in key_pem.splitlines()[1:-1]:
         assert line not in log
+    events = [json.loads(line) for line in log.splitlines()]  # library lines: JSON too
+    assert all(isinstance(event, dict) for event in events)
+    quoted = [e for e in events if e.get("logger") == "aiohttp.server" and "exception" in e]
+    assert quoted, "aiohttp's own error line, traceback and all, went through the redactor"
+    assert "[REDACTED]" in quoted[0]["exception"]
+
+
+def _malformed(token: str) -> list[bytes]:
+    """Requests aiohttp cannot parse, each quoting the token where its error message would."""
+    t = token.encode()
+    return [
+        t + b" " + t + b" HTTP/1.1\r\n\r\n",  # a garbage request line
+        b"GET /" + t + b"\x00 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",  # a bad target
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + t * 400 + b"\r\n\r\n",  # oversized
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + t + b"\r\n\r\n",  # a header with no colon
+        b"GET / HTTP/1.1\r\nAuthorization: " + t + b"\r\nContent-Length: x" + t
+        + b"\r\n\r\n",  # a bad length
+        b"\x16\x03\x01" + t + b"\r\n\r\n",  # TLS to a plain-http port
+    ]
+
+
+def _send_raw(url: str, raw: bytes) -> None:
+    host, port = url.split("//", 1)[1].rstrip("/").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass

@@ -811,3 +811,22 @@ def test_parse_config_does_not_mutate_its_input() -> None:
     before = copy.deepcopy(data)
     parse_config(data, base_dir=Path("/x"))
     assert data == before
+
+
+def test_two_connections_sharing_a_token_file_are_named_both(tmp_path: Path) -> None:
+    shared = str(tmp_path / "run" / "app.token")
+    data = doc(ra(name="a", container_token_file=shared), ak(name="b"),
+               ra(name="c", container_token_file=str(tmp_path / "run" / ".." / "run" /
+                                                     "app.token")))
+    assert problems(data) == [
+        f'connections[2].container_token_file: connections "a" (connections[0], its'
+        f' container_token_file) and "c" would share the container token file {shared}:'
+        " give each its own"]
+    # Naming another connection's default file is the same mistake.
+    state = tmp_path / "state"
+    data = doc(ra(name="a"), ak(name="b", container_token_file=str(state / "tokens" / "a.token")),
+               daemon={"state_dir": str(state)})
+    assert problems(data) == [
+        f'connections[1].container_token_file: connections "a" (connections[0], its default'
+        f' token file) and "b" would share the container token file {state}/tokens/a.token:'
+        " give each its own"]

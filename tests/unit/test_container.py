@@ -23,6 +23,7 @@ from credential_sidecar.doors.container_tokens import (
     read_token,
 )
 from credential_sidecar.doors.guards import HostGuard
+from credential_sidecar.files import acl_grants
 from credential_sidecar.logs import SECRETS
 from credential_sidecar.testing import FakeClock
 
@@ -31,6 +32,7 @@ from credential_sidecar.testing import FakeClock
 class Conn:
     name: str
     container_token_file: Path | None = None
+    allowed_uids: list[int] = field(default_factory=list)
     allowed_gids: list[int] = field(default_factory=list)
 
 
@@ -38,27 +40,62 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_a_missing_token_file_is_created_0640_without_a_newline(tmp_path: Path) -> None:
+def test_a_missing_token_file_is_created_0600_without_a_newline(tmp_path: Path) -> None:
     path = tmp_path / "run" / "app.token"
     token, created = load_or_create_token(path)
     assert created
-    assert _mode(path) == 0o640
+    assert _mode(path) == 0o600 and acl_grants(path, os.geteuid()) is None
     raw = path.read_bytes()
     assert raw == token.encode() and not raw.endswith(b"\n")
     assert len(token) >= 43  # secrets.token_urlsafe(32)
-    assert _mode(path.parent) == 0o750
+    assert _mode(path.parent) == 0o711
     assert [p.name for p in path.parent.iterdir()] == ["app.token"], "no temporary file left"
     # A second start reads the same token back rather than replacing it.
     assert load_or_create_token(path) == (token, False)
 
 
-def test_the_token_file_group_is_the_first_allowed_gid(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("changing a file's group to an arbitrary gid needs root")
+def test_the_token_file_grants_read_to_each_allowed_uid_and_gid_by_acl(tmp_path: Path) -> None:
     path = tmp_path / "app.token"
-    load_or_create_token(path, group=65534)
-    assert path.stat().st_gid == 65534
-    assert _mode(path) == 0o640
+    token, _ = load_or_create_token(path, [1001, 1002], [2001])
+    assert acl_grants(path, os.geteuid()) == ["user 1001", "user 1002", "group 2001"]
+    assert _mode(path) == 0o640  # the group bits show the ACL's mask (read), not the group's
+    assert path.stat().st_uid == os.geteuid()
+    # A reload with other lists re-applies them; none at all leaves plain 0600.
+    assert load_or_create_token(path, [1003], []) == (token, False)
+    assert acl_grants(path, os.geteuid()) == ["user 1003"]
+    load_or_create_token(path)
+    assert _mode(path) == 0o600 and acl_grants(path, os.geteuid()) is None
+
+
+def test_naming_the_daemons_own_uid_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "app.token"
+    token, _ = load_or_create_token(path, [os.geteuid()], [])
+    assert load_or_create_token(path, [os.geteuid()], []) == (token, False)
+    assert acl_grants(path, os.geteuid()) == []  # an entry, but for nobody else
+
+
+def test_an_older_0640_token_file_is_narrowed(tmp_path: Path) -> None:
+    path = tmp_path / "app.token"
+    path.write_text("operator-chosen-token-0123456789")
+    path.chmod(0o640)
+    assert read_token(path, [1001]) == "operator-chosen-token-0123456789"
+    assert acl_grants(path, os.geteuid()) == ["user 1001"]
+
+
+def test_a_token_file_that_is_a_link_or_someone_elses_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real.token"
+    real.write_text("operator-chosen-token-0123456789")
+    real.chmod(0o600)
+    link = tmp_path / "link.token"
+    link.symlink_to(real)
+    with pytest.raises(TokenError, match="symbolic link"):
+        read_token(link)
+    if os.geteuid() == 0:
+        os.chown(real, 65534, 65534)
+        with pytest.raises(TokenError, match="belongs to uid 65534, not to the daemon"):
+            read_token(real)
+        with pytest.raises(TokenError, match="belongs to uid 65534"):
+            load_or_create_token(real)
 
 
 def test_an_existing_token_loses_trailing_whitespace(tmp_path: Path) -> None:
@@ -73,7 +110,7 @@ def test_a_token_file_other_users_can_touch_is_refused(tmp_path: Path, mode: int
     path = tmp_path / "app.token"
     path.write_text("operator-chosen-token-0123456789")
     path.chmod(mode)
-    with pytest.raises(TokenError, match=f"mode {mode:04o}.*chmod 640"):
+    with pytest.raises(TokenError, match=f"mode {mode:04o}.*chmod 600"):
         read_token(path)
 
 

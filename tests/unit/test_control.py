@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from credential_sidecar.client import Unreachable, ask, socket_from_config
+from credential_sidecar.doors import control
 from credential_sidecar.doors.control import ControlServer, Peer, admits, bind_socket, peer_of
 from credential_sidecar.renewal.manager import CredentialManager
 from credential_sidecar.testing import FakeClock, FakeSource
@@ -204,3 +205,42 @@ def test_a_crash_answers_internal_error_and_is_counted(running: Running) -> None
     answer = running.server.answer(b'{"op": "status"}\n', Peer(1, 0, 0))
     assert answer == {"ok": False, "code": "InternalError", "message": "see the daemon's log"}
     assert running.answers == [("control", 500)]
+
+
+async def test_clients_beyond_a_uids_share_are_closed_at_connect(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control, "MAX_CLIENTS_PER_UID", 2)
+    held = [await asyncio.open_unix_connection(str(running.path)) for _ in range(2)]
+    for reader, writer in held:  # both admitted: each answers
+        writer.write(b'{"op": "status"}\n')
+        assert json.loads(await reader.readline())["ok"] is True
+    reader, writer = await asyncio.open_unix_connection(str(running.path))
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # the third: closed at once
+    assert running.server.rejected == 1
+    for _, w in [*held, (reader, writer)]:
+        w.close()
+
+
+@pytest.mark.parametrize("line", [b"[" * 60000 + b"\n", b'{"op": ' + b"{" * 20000 + b"\n",
+                                  b'{"op": "status", "x": ' + b"[" * 9 + b"]" * 9 + b"}\n"])
+async def test_deep_nesting_is_a_bad_request_not_a_crash(
+    running: Running, line: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, writer = await asyncio.open_unix_connection(str(running.path))
+    try:
+        writer.write(line)
+        await writer.drain()
+        answer = json.loads(await reader.readline())
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert answer["code"] == "BadRequest" and "nested deeper than 8" in answer["message"]
+    assert running.answers == [("control", 400)]
+    assert "Traceback" not in caplog.text
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    from credential_sidecar.doors.control import _depth
+
+    assert _depth(b'{"op": "[[[[[[[[[[[[\\"{{{{{{{{{{{{"}') == 1

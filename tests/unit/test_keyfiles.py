@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def test_quoted_csv_cells_and_blank_lines_are_fine() -> None:
 def test_the_right_users_row_is_picked() -> None:
     other = "AKIAI44QH8DHBEXAMPLE"
     text = CREDENTIALS + f"other,,{other},{'B' * 40},https://x\n"
-    several = r"several users \(sdk_demo, other\); pick one with --user"
+    several = r"several users \(lines 2, 3\); pick one with --user"
     with pytest.raises(KeyFileError, match=several):
         import_keys.parse(text.encode())
     key = import_keys.parse(text.encode(), user="other")
@@ -123,7 +124,8 @@ def test_import_keys_stores_0600_and_prints_a_valid_block(
 ) -> None:
     source = _download(tmp_path, BOM + CREDENTIALS.replace("\n", "\r\n"), "credentials.csv")
     target = tmp_path / "secrets" / "backups.secret"
-    code = main(["import-keys", str(source), "--name", "backups", "--secret-file", str(target)])
+    code = main(["import-keys", str(source), "--name", "backups", "--secret-file", str(target),
+                 "--user", "sdk_demo"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert target.read_text() == SECRET + "\n"
@@ -201,3 +203,39 @@ def test_a_secret_in_the_units_private_store_is_named_as_a_systemd_credential() 
     elsewhere = import_keys.config_block("backups", key, Path("/srv/backups.secret"), "us-east-1",
                                       None)
     assert 'secret_access_key_file = "/srv/backups.secret"' in elsewhere
+
+
+def test_no_cell_is_echoed_and_controls_are_shown_as_escapes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = "\x1b]0;owned\x07cell-marker"
+    text = CREDENTIALS + f"{marker},,AKIAI44QH8DHBEXAMPLE,{'B' * 40},https://x\n"
+    source = _download(tmp_path, text, "credentials.csv")
+    code = main(["import-keys", str(source), "--name", "backups", "--secret-file",
+                 str(tmp_path / "s.secret")])
+    _, err = capsys.readouterr()
+    assert code == 2 and "several users (lines 2, 3)" in err
+    assert "cell-marker" not in err and "sdk_demo" not in err
+    # A file name with terminal controls in it is echoed with them escaped.
+    odd = tmp_path / "keys\x1b[2J\x9b31m.csv"
+    odd.write_text("not a key file\n")
+    assert main(["import-keys", str(odd), "--name", "backups"]) == 2
+    _, err = capsys.readouterr()
+    assert "\x1b" not in err and "\x9b" not in err and "keys\\x1b[2J\\x9b31m.csv" in err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_a_file_that_is_not_a_regular_file_is_refused_without_hanging(
+    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "keys.csv"
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody ever writes: a plain read would wait forever
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path = Path("/dev/zero")
+    assert main(["import-keys", str(path), "--name", "backups"]) == 2
+    _, err = capsys.readouterr()
+    what = {"fifo": "a named pipe", "directory": "a directory", "device": "a device"}[kind]
+    assert f"{path} is {what}, not a regular file" in err

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -89,3 +90,46 @@ def test_lines_carry_a_syslog_priority_when_stderr_is_the_journal(
     logs.configure("json", "debug", stream=other)
     structlog.get_logger().info("plain")
     assert other.getvalue().startswith("{")
+
+
+def _drop_our_handler() -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_credential_sidecar", False):
+            root.removeHandler(handler)
+
+
+def test_library_lines_are_json_and_redacted_like_the_daemons() -> None:
+    out = io.StringIO()
+    logs.configure("json", "info", stream=out, extra_secrets=["registered-token-0123456789"])
+    try:
+        try:
+            raise ValueError("Bad status line 'GET /registered-token-0123456789 HTTP/1.1'")
+        except ValueError:
+            logging.getLogger("aiohttp.server").exception("Error handling request from %s",
+                                                          "127.0.0.1")
+        logging.getLogger("botocore").warning("header registered-token-0123456789 rejected")
+        logging.getLogger("asyncio").info("below the libraries' level: dropped")
+    finally:
+        _drop_our_handler()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["logger"], e["level"]) for e in lines] == [("aiohttp.server", "error"),
+                                                           ("botocore", "warning")]
+    assert "registered-token-0123456789" not in out.getvalue()
+    assert "Traceback" in lines[0]["exception"] and logs.REDACTED in lines[0]["exception"]
+
+
+def test_a_repeated_library_message_is_one_line_per_interval() -> None:
+    clock = [1000.0]
+    limiter = logs.RepeatFilter(interval=10.0, clock=lambda: clock[0])
+
+    def record(msg: str, arg: int) -> logging.LogRecord:
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, (arg,), None)
+
+    storm = "socket.accept() out of system resource\nsocket: %s"
+    passed = [limiter.filter(record(storm, i)) for i in range(78000)]
+    assert passed.count(True) == 1
+    assert limiter.filter(record("another message %s", 1))  # another kind passes
+    clock[0] += 10.0
+    later = record(storm, 0)
+    assert limiter.filter(later) and later.suppressed == 77999  # type: ignore[attr-defined]

@@ -147,6 +147,7 @@ def test_imds_answers_any_request_with_a_client_error_or_success_never_a_crash(
 class _Owner:
     name: str
     container_token_file: Path
+    allowed_uids: tuple[int, ...] = ()
     allowed_gids: tuple[int, ...] = ()
 
 

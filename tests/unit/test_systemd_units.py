@@ -1,6 +1,6 @@
 """The shipped systemd files, checked by systemd's own tools (Debian package `systemd`).
 
-- `systemd-analyze security --offline=true` on the shipped service, verbatim: exposure <= 2.0.
+- `systemd-analyze security --offline=true` on the shipped service, verbatim: exposure <= 1.3.
 - `systemd-analyze verify` on the service and socket units must print nothing. verify also
   checks that ExecStart='s program exists and is executable; the unit names the packaged path
   /usr/bin/credential-sidecar, which a CI machine does not have (pip installs the console script
@@ -31,7 +31,13 @@ UNITS = ROOT / "systemd"
 SERVICE = UNITS / "credential-sidecar.service"
 SOCKET = UNITS / "credential-sidecar.socket"
 PACKAGED_PROGRAM = "/usr/bin/credential-sidecar"
-MAX_EXPOSURE = 2.0
+# systemd calls up to 2.0 "OK". The unit scored 1.1; two relaxations cost 0.2 and buy correctness:
+# - no PrivateUsers= (+0.2 weight): in a private user namespace other users' uids all read as
+#   nobody, so allowed_uids checks (SO_PEERCRED, sock_diag) and token-file ACLs would be wrong;
+# - AF_NETLINK (+0.1 weight): sock_diag tells which local uid owns a TCP client's socket, the
+#   basis of allowed_uids on the IMDS and container doors.
+# Held at 1.3 so any further loosening fails here and must be argued for.
+MAX_EXPOSURE = 1.3
 
 
 def tool(name: str) -> str:
@@ -73,7 +79,7 @@ def exposure(path: Path, threshold: float = MAX_EXPOSURE) -> tuple[float, str, i
 def test_security_exposure_is_ok() -> None:
     score, verdict, code = exposure(SERVICE)
     assert score <= MAX_EXPOSURE and verdict == "OK", (score, verdict)
-    assert code == 0, "systemd-analyze itself holds the unit to the 2.0 threshold"
+    assert code == 0, "systemd-analyze itself holds the unit to the threshold"
 
 
 def test_the_security_check_can_fail(tmp_path: Path) -> None:

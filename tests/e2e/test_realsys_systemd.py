@@ -1,0 +1,297 @@
+"""The real daemon under real systemd 252 (PID 1 of a Debian 12 guest in systemd-nspawn), with the
+production unit files from systemd/ installed unchanged, as README's "Running under systemd" says.
+
+The guest is a cached debootstrap root (tests/helpers/nspawn.py); the daemon is the project's wheel
+installed offline in a venv, /usr/bin/credential-sidecar. Its upstream is the Roles Anywhere
+emulator, run in the guest as a transient unit. The guest has no network but its loopback.
+First run on a fresh machine: ~7 min on 2 loaded cores (debootstrap, wheels, layers, all cached
+afterwards in /var/cache/credential-sidecar-test); then ~30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import harness as h
+from tests.helpers import nspawn
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = "credential-sidecar.service"
+SOCKET_UNIT = "credential-sidecar.socket"
+EMULATOR = "127.0.0.1:9990"
+IMDS, CONTAINER, HEALTH = "127.0.0.1:9911", "127.0.0.1:9912", "127.0.0.1:9913"
+CONTROL = "/run/credential-sidecar/control.sock"
+
+pytestmark = [
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(os.geteuid() != 0, reason="systemd-nspawn needs root (mounts, namespaces)"),
+]
+
+CONFIG = f"""\
+[daemon]
+log_format = "json"
+log_level = "debug"
+ready_timeout_seconds = 30
+
+[[imds]]
+listen = "{IMDS}"
+connection = "reports"
+
+[container]
+listen = "{CONTAINER}"
+
+[health]
+listen = "{HEALTH}"
+
+[control]
+socket = "{CONTROL}"
+
+[[connections]]
+name = "reports"
+type = "roles-anywhere"
+certificate = "/etc/credential-sidecar/reports.crt"
+private_key = "$CREDENTIALS_DIRECTORY/private_reports.key"
+trust_anchor_arn = "{h.TRUST_ANCHOR}"
+profile_arn = "{h.PROFILE}"
+role_arn = "{h.ROLE}"
+session_name = "reports-systemd"
+duration_seconds = 3600
+endpoint = "http://{EMULATOR}"
+"""
+
+
+def curl(m: nspawn.Machine, *args: str, check: bool = True) -> str:
+    return m.run(["curl", "-sS", "--max-time", "20", *args], check=check).stdout
+
+
+def imds_credentials(m: nspawn.Machine) -> dict[str, Any]:
+    """What an SDK does, from inside the guest: token PUT, role name, credentials document."""
+    base = f"http://{IMDS}/"
+    token = curl(m, "-X", "PUT", "-H", f"{h.IMDS_TTL}: 60", "-f", base + "latest/api/token")
+    header = f"X-aws-ec2-metadata-token: {token}"
+    role = curl(m, "-f", "-H", header, base + h.IMDS_CREDS)
+    assert role == "reports"
+    return json.loads(curl(m, "-f", "-H", header, base + h.IMDS_CREDS + role))  # type: ignore[no-any-return]
+
+
+def issued(m: nspawn.Machine) -> list[str]:
+    stats = json.loads(curl(m, "-f", f"http://{EMULATOR}/_emulator/stats"))
+    return [c["accessKeyId"] for c in stats["issued"]]
+
+
+def wait_active(m: nspawn.Machine, unit: str = UNIT, timeout: float = 60) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    props: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        props = m.show(unit, "ActiveState", "SubState", "MainPID", "StatusText", "NRestarts",
+                       "Result", "ExecMainStatus")
+        if props["ActiveState"] == "active" and props["SubState"] == "running":
+            return props
+        if props["ActiveState"] == "failed":
+            break
+        time.sleep(0.2)
+    journal = m.run(["journalctl", "-u", unit, "-o", "cat", "--no-pager", "-n", "40"],
+                    check=False).stdout
+    raise AssertionError(f"{unit} not active: {props}\n{journal}")
+
+
+def daemon_events(m: nspawn.Machine) -> list[dict[str, Any]]:
+    events = []
+    for record in m.journal(UNIT):
+        message = record.get("MESSAGE")
+        if isinstance(message, str) and message.startswith("{"):
+            events.append(json.loads(message))
+    return events
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Machine]:
+    missing = nspawn.missing_tools()
+    assert not missing, f"missing {missing}: tests/setup/realsys.sh installs them"
+    nspawn.sweep()
+    tarball = nspawn.root_tarball()
+    layers = nspawn.venv_layers(tarball, nspawn.wheelhouse(ROOT))
+    tmp = tmp_path_factory.mktemp("realsys")
+    material = h.make_pki(tmp / "pki", "p256", name="reports")
+    (tmp / "config.toml").write_text(CONFIG)
+    units = ROOT / "systemd"
+    copies = [
+        (units / UNIT, f"/etc/systemd/system/{UNIT}"),
+        (units / SOCKET_UNIT, f"/etc/systemd/system/{SOCKET_UNIT}"),
+        (units / "credential-sidecar.sysusers", "/etc/sysusers.d/credential-sidecar.conf"),
+        (units / "credential-sidecar.tmpfiles", "/etc/tmpfiles.d/credential-sidecar.conf"),
+        (tmp / "config.toml", "/etc/credential-sidecar/config.toml"),
+        (material.cert, "/etc/credential-sidecar/reports.crt"),
+        (material.key, "/etc/credential-sidecar/private/reports.key"),
+        (material.ca_file, "/etc/cs-test/ca.pem"),
+    ]
+    machine = nspawn.Machine(f"cs-sd-{os.getpid()}", tarball, layers=layers, copies=copies)
+    with machine:
+        # README, "Running under systemd": the user, the root-only secrets directory
+        machine.sh("""
+            systemd-sysusers credential-sidecar.conf
+            systemd-tmpfiles --create credential-sidecar.conf
+            chown -R root:root /etc/credential-sidecar
+            chmod 0755 /etc/credential-sidecar; chmod 0644 /etc/credential-sidecar/*.*
+            chmod 0700 /etc/credential-sidecar/private
+            chmod 0600 /etc/credential-sidecar/private/reports.key
+            systemctl daemon-reload
+        """)
+        machine.run([
+            "systemd-run", "--unit=cs-emulator", "--property=Type=exec", "--quiet",
+            "/usr/bin/credential-sidecar", "emulator", "--listen", EMULATOR,
+            "--ca", "/etc/cs-test/ca.pem", "--trust-anchor-arn", h.TRUST_ANCHOR,
+            "--profile-arn", h.PROFILE, "--role-arn", h.ROLE,
+        ])
+        h.wait_for(lambda: machine.run(["curl", "-sf", f"http://{EMULATOR}/_emulator/stats"],
+                                       check=False).returncode == 0,
+                   timeout=60, what="the emulator in the guest")
+        yield machine
+
+
+def test_guest_runs_systemd_252_as_pid_1(guest: nspawn.Machine) -> None:
+    assert guest.run(["systemctl", "is-system-running"]).stdout.strip() == "running"
+    assert guest.run(["systemctl", "--version"]).stdout.startswith("systemd 252")
+    assert guest.run(["cat", "/proc/1/comm"]).stdout.strip() == "systemd"
+
+
+def test_the_unit_verifies_in_the_guest(guest: nspawn.Machine) -> None:
+    result = guest.run(["systemd-analyze", "verify", f"/etc/systemd/system/{UNIT}",
+                        f"/etc/systemd/system/{SOCKET_UNIT}"], check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_start_reports_ready_only_with_credentials(guest: nspawn.Machine) -> None:
+    result = guest.run(["systemctl", "start", UNIT], check=False, timeout=120)
+    props = wait_active(guest)
+    assert result.returncode == 0, props
+    # Type=notify: `systemctl start` returned after READY=1, which needs credentials in hand
+    assert issued(guest), "READY=1 came before any credentials were issued"
+    assert props["StatusText"], "no STATUS= line reached systemd"
+    served = imds_credentials(guest)
+    assert served["Code"] == "Success" and served["AccessKeyId"] in issued(guest)
+
+
+def test_the_sandbox_is_in_force(guest: nspawn.Machine) -> None:
+    pid = wait_active(guest)["MainPID"]
+    status = dict(line.split(":", 1) for line in
+                  guest.run(["cat", f"/proc/{pid}/status"]).stdout.splitlines() if ":" in line)
+    uid = status["Uid"].split()[0]
+    assert uid != "0" and guest.run(["id", "-u", "credential-sidecar"]).stdout.strip() == uid
+    assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0
+    assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
+    # ProtectSystem=strict: the mount that holds /usr and /etc is read-only in its namespace
+    mounts = [line.split() for line in
+              guest.run(["cat", f"/proc/{pid}/mountinfo"]).stdout.splitlines()]
+    for path in ("/usr", "/etc"):
+        holder = max((m for m in mounts if path == m[4] or path.startswith(m[4].rstrip("/") + "/")),
+                     key=lambda m: len(m[4]))
+        assert "ro" in holder[5].split(","), (path, holder)
+
+
+def test_journal_carries_the_json_log(guest: nspawn.Machine) -> None:
+    wait_active(guest)
+    # the daemon's own lines: JSON, from the unit's cgroup, with a priority from the <N> prefix
+    lines = [r for r in guest.journal(UNIT) if str(r.get("MESSAGE", "")).startswith("{")]
+    assert lines and all(r["_SYSTEMD_UNIT"] == UNIT and "PRIORITY" in r for r in lines)
+    events = daemon_events(guest)
+    doors = {e.get("door") for e in events if e.get("event") == "listening"}
+    assert {"imds:reports", "container", "health"} <= doors, doors
+
+
+def test_container_door_and_control_socket(guest: nspawn.Machine) -> None:
+    wait_active(guest)
+    token = guest.run(["cat", "/var/lib/credential-sidecar/tokens/reports.token"]).stdout.strip()
+    body = curl(guest, "-f", "-H", f"Authorization: {token}",
+                f"http://{CONTAINER}/v1/credentials/reports")
+    assert json.loads(body)["AccessKeyId"] in issued(guest)
+    out = guest.run(["credential-sidecar", "credential-process", "reports",
+                     "--socket", CONTROL]).stdout
+    assert json.loads(out)["Version"] == 1
+
+
+def test_reload_keeps_the_process_and_serving(guest: nspawn.Machine) -> None:
+    before = wait_active(guest)
+    guest.run(["systemctl", "reload", UNIT], timeout=60)
+    after = wait_active(guest)
+    assert after["MainPID"] == before["MainPID"]
+    assert imds_credentials(guest)["Code"] == "Success"
+
+
+def test_restart_serves_the_cached_set_without_asking_upstream(guest: nspawn.Machine) -> None:
+    served = imds_credentials(guest)["AccessKeyId"]
+    calls = len(issued(guest))
+    before = wait_active(guest)
+    guest.run(["systemctl", "restart", UNIT], timeout=120)
+    after = wait_active(guest)
+    assert after["MainPID"] != before["MainPID"]
+    assert imds_credentials(guest)["AccessKeyId"] == served
+    assert len(issued(guest)) == calls, "a restart asked the upstream again"
+
+
+def test_stop_is_a_clean_exit(guest: nspawn.Machine) -> None:
+    wait_active(guest)
+    guest.run(["systemctl", "stop", UNIT], timeout=60)
+    props = guest.show(UNIT, "ActiveState", "Result", "ExecMainStatus", "ExecMainCode")
+    assert props["ActiveState"] == "inactive" and props["Result"] == "success", props
+    assert props["ExecMainStatus"] == "0", props
+
+
+def test_socket_activation_starts_the_daemon_on_first_connection(guest: nspawn.Machine) -> None:
+    guest.run(["systemctl", "start", SOCKET_UNIT])
+    try:
+        assert guest.show(UNIT, "ActiveState")["ActiveState"] == "inactive"
+        served = imds_credentials(guest)  # the first connection waits in the socket's queue
+        assert served["Code"] == "Success"
+        wait_active(guest)
+        inherited = [e for e in daemon_events(guest)
+                     if e.get("event") == "listening" and e.get("activated")]
+        assert inherited, "the daemon bound its own sockets instead of systemd's"
+    finally:
+        guest.run(["systemctl", "stop", UNIT, SOCKET_UNIT], timeout=60)
+
+
+def test_a_bad_config_is_not_restarted(guest: nspawn.Machine) -> None:
+    good = guest.run(["cat", "/etc/credential-sidecar/config.toml"]).stdout
+    guest.write("/etc/credential-sidecar/config.toml", good + "\n[nonsense]\nkey = 1\n")
+    try:
+        result = guest.run(["systemctl", "start", UNIT], check=False, timeout=120)
+        props = guest.show(UNIT, "ActiveState", "ExecMainStatus", "NRestarts", "Result")
+        assert result.returncode != 0 and props["ExecMainStatus"] == "2", props
+        assert props["NRestarts"] == "0", "RestartPreventExitStatus=2 did not hold"
+    finally:
+        guest.write("/etc/credential-sidecar/config.toml", good)
+        guest.run(["systemctl", "reset-failed", UNIT], check=False)
+
+
+def test_a_hung_daemon_is_restarted_by_the_watchdog(guest: nspawn.Machine) -> None:
+    """The keep-alives come from the event loop: a healthy daemon outlives several WatchdogSec=
+    periods, a frozen one (SIGSTOP) is killed and restarted, serving the cached set again."""
+    guest.write(f"/etc/systemd/system/{UNIT}.d/watchdog.conf", "[Service]\nWatchdogSec=2s\n")
+    guest.run(["systemctl", "daemon-reload"])
+    try:
+        guest.run(["systemctl", "start", UNIT], timeout=120)
+        first = wait_active(guest)
+        deadline = time.monotonic() + 6  # three periods: no restart while it is healthy
+        while time.monotonic() < deadline:
+            assert guest.show(UNIT, "NRestarts")["NRestarts"] == first["NRestarts"]
+            time.sleep(0.5)
+        guest.run(["kill", "-STOP", first["MainPID"]])
+        h.wait_for(lambda: guest.show(UNIT, "NRestarts")["NRestarts"] != first["NRestarts"],
+                   timeout=30, what="the watchdog to restart the frozen daemon")
+        again = wait_active(guest)
+        assert again["MainPID"] != first["MainPID"]
+        journal = guest.run(["journalctl", "-u", UNIT, "-o", "cat", "--no-pager"]).stdout
+        assert "Watchdog timeout" in journal
+        assert imds_credentials(guest)["Code"] == "Success"
+    finally:
+        guest.run(["rm", "-f", f"/etc/systemd/system/{UNIT}.d/watchdog.conf"])
+        guest.run(["systemctl", "daemon-reload"])
+        guest.run(["systemctl", "stop", UNIT], timeout=60, check=False)

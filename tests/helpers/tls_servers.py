@@ -1,0 +1,94 @@
+"""Local HTTPS / HTTP servers (aiohttp) on 127.0.0.1 for upstream tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from tests.helpers.tls_pki import CA
+
+
+async def drain(runner: web.AppRunner, within: float = 5.0) -> None:
+    """Wait (bounded) until clients have hung up, so no TLS shutdown is pending at cleanup.
+
+    Through a proxy the client's close reaches the server only when the proxy relays it; an
+    aiohttp server cleaned up before that leaves the TLS transport half-closed, and the loop's
+    end then reports it as an unclosed socket (ResourceWarning).
+    """
+    server = runner.server
+    deadline = time.monotonic() + within
+    for _ in range(int(within / 0.01)):  # bounded: aiohttp offers no "connections gone" event
+        if server is None or not server.connections or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.01)
+
+
+@dataclass
+class TLSServer:
+    url: str
+    port: int
+    ca_pem: Path
+    hits: list[str] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def https_server(
+    tmp: Path,
+    *,
+    names: Sequence[str] = ("127.0.0.1", "localhost", "::1"),
+    app: web.Application | None = None,
+    ca: CA | None = None,
+) -> AsyncIterator[TLSServer]:
+    """Serve ``app`` (default: any path -> ``ok``) over TLS with a cert for ``names``."""
+    ca = ca or CA.new()
+    ca_pem = ca.write(tmp / "ca.pem")
+    server_ctx = ca.issue_server(*names).server_context(tmp)
+    hits: list[str] = []
+    if app is None:
+        app = web.Application()
+
+        async def ok(request: web.Request) -> web.Response:
+            hits.append(f"{request.method} {request.path_qs} host={request.host}")
+            return web.Response(text="ok")
+
+        app.router.add_route("*", "/{tail:.*}", ok)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+        await site.start()
+        port = runner.addresses[0][1]
+        yield TLSServer(f"https://127.0.0.1:{port}", port, ca_pem, hits)
+    finally:
+        await drain(runner)
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def http_server(app: web.Application | None = None) -> AsyncIterator[TLSServer]:
+    """Plain http on 127.0.0.1 (for proxy tests of http:// targets)."""
+    hits: list[str] = []
+    if app is None:
+        app = web.Application()
+
+        async def ok(request: web.Request) -> web.Response:
+            hits.append(f"{request.method} {request.path_qs}")
+            return web.Response(text="ok")
+
+        app.router.add_route("*", "/{tail:.*}", ok)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        yield TLSServer(f"http://127.0.0.1:{port}", port, Path("/nonexistent"), hits)
+    finally:
+        await drain(runner)
+        await runner.cleanup()
