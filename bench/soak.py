@@ -32,10 +32,12 @@ and ends early at a ``kill -9`` when the daemon logged that it could not persist
 (non-200, exception, empty set, credential_process exit != 0) counts as a *failure while a good
 set existed* when some set of that connection existed at the request's start and still had at
 least 60 s + TOLERANCE left at its end (on the test clock). Not counted, but reported: errors with
-no good set (the lapse), requests in flight when the daemon was killed, and connection-level
-errors (refused, reset, timeout) between a kill and the new process's doors and control socket
-being up (the gap's length is reported). Served sets are checked too: never under
-60 s left, never expired, never a key the daemon did not log for that connection.
+no good set (the lapse), errors whose only good set the daemon had replaced on purpose by a
+shorter-lived one (a reload that lowered duration_seconds), requests in flight when the daemon
+was killed, and connection-level errors (refused, reset, timeout) between a kill and the new
+process's doors and control socket being up (the gap's length is reported). Served sets are
+checked too: never under 60 s left, never expired, never a key the daemon did not log for that
+connection.
 
     .venv/bin/python bench/soak.py [--connections 300] [--minutes 20] [--seed 1] [--out PATH]
     .venv/bin/python bench/soak.py --short        # CI profile: 40 connections, under 3 minutes
@@ -958,6 +960,8 @@ def connection_log(sidecar: Sidecar) -> dict[str, list[tuple[float, int, str]]]:
     out: dict[str, list[tuple[float, int, str]]] = {}
     for n, e in sidecar.parsed_logs():
         conn, when, event = e.get("connection"), e.get("timestamp"), e.get("event")
+        if e.get("audit"):
+            continue  # "credentials handed out": one per answer, says nothing of the state
         if isinstance(conn, str) and isinstance(when, str) and isinstance(event, str):
             out.setdefault(conn, []).append((stamp(when), n, event))
     for rows in out.values():
@@ -972,6 +976,12 @@ def daemon_said(log: dict[str, list[tuple[float, int, str]]], o: Obs) -> str | N
         return None
     real, n, event = rows[-1]
     return f"{event} (daemon #{n}, {o.r1 - real:.1f} s before)"
+
+
+def replaced_by_shorter(sets: list[HeldSet], good: HeldSet, o: Obs) -> bool:
+    """Whether the daemon had since taken a set that expires sooner (duration_seconds lowered
+    by a reload): the good set still existed, but the daemon had let go of it on purpose."""
+    return any(good.start < s.start <= o.t0 and s.expires < good.expires for s in sets)
 
 
 def good_set(sets: list[HeldSet], o: Obs) -> HeldSet | None:
@@ -1005,6 +1015,7 @@ def judge(sidecar: Sidecar, clock: TestClock, stats: dict[str, Any], obs: list[O
     failures: list[Obs] = []
     excused: Counter[str] = Counter()
     no_good: list[Obs] = []
+    replaced: list[Obs] = []
     least_left = math.inf
     below_60: list[Obs] = []
     expired: list[Obs] = []
@@ -1037,9 +1048,16 @@ def judge(sidecar: Sidecar, clock: TestClock, stats: dict[str, Any], obs: list[O
             excused["IMDS token past its TTL after a clock jump"] += 1
             counts["excused"] += 1
             continue
-        if good_set(sets.get(o.conn, []), o) is None:
+        best = good_set(sets.get(o.conn, []), o)
+        if best is None:
             no_good.append(o)
             counts["errors without a good set"] += 1
+            continue
+        if replaced_by_shorter(sets[o.conn], best, o):
+            # A reload lowered duration_seconds: the daemon let the longer set go on purpose.
+            excused["the good set had been replaced by a shorter-lived one (a reload)"] += 1
+            counts["excused"] += 1
+            replaced.append(o)
             continue
         counts["failures while good"] += 1
         failures.append(o)
@@ -1053,7 +1071,8 @@ def judge(sidecar: Sidecar, clock: TestClock, stats: dict[str, Any], obs: list[O
                 "after": context_of(o, sidecar.events), "daemon_said": daemon_said(conn_log, o),
                 "good_set": None if s is None else
                 {"key": s.key[:8] + "...", "seconds_left": round(s.expires - o.t1),
-                 "logged_by_incarnation": s.incarnation, "how": sorted(s.sources)}}
+                 "logged_by_incarnation": s.incarnation, "how": sorted(s.sources),
+                 "replaced_by_a_shorter_lived_set": replaced_by_shorter(sets[o.conn], s, o)}}
 
     classes: Counter[tuple[str, str, str]] = Counter()
     examples: dict[tuple[str, str, str], Obs] = {}
@@ -1080,6 +1099,7 @@ def judge(sidecar: Sidecar, clock: TestClock, stats: dict[str, Any], obs: list[O
         "errors_without_a_good_set": {"count": len(no_good),
                                       "first": [show(o) for o in no_good[:5]]},
         "excused": dict(excused),
+        "replaced_by_a_shorter_lived_set_first": [show(o) for o in replaced[:5]],
         "served": {
             "least_seconds_left": None if least_left == math.inf else round(least_left, 1),
             "under_60_s": len(below_60), "expired": len(expired),
