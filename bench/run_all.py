@@ -3,7 +3,7 @@
 Each benchmark runs in its own process and writes bench/results/<name>.json; the summary
 gathers their tables under the machine they ran on (what the README's Benchmarks section
 shows). bench/fleet_simulation.py is a different thing (fleet CreateSession rates) and is not
-run here.
+run here, nor is bench/soak.py unless named (``--only soak``: 20 minutes).
 
     .venv/bin/python bench/run_all.py [--only serving renewing ...]
 """
@@ -25,7 +25,9 @@ BENCHMARKS = {
     "renewal_cpu": "CPU per renewal",
     "memory": "Memory",
     "credential_process": "credential-process",
+    "soak": "Soak: client-visible failures while a good set existed, under faults (20 min)",
 }
+LONG = {"soak"}  # run only when named with --only
 
 
 def summary(names: list[str]) -> str:
@@ -47,7 +49,8 @@ def summary(names: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS),
+                        default=[name for name in BENCHMARKS if name not in LONG])
     args = parser.parse_args()
     for name in args.only:
         started = time.monotonic()
