@@ -25,6 +25,7 @@ BENCHMARKS = {
     "renewal_cpu": "CPU per renewal",
     "memory": "Memory",
     "credential_process": "credential-process",
+    "hardware_keys": "Hardware keys (SoftHSM2, swtpm) next to key files",
 }
 
 
