@@ -26,6 +26,7 @@ BENCHMARKS = {
     "memory": "Memory",
     "credential_process": "credential-process",
     "soak": "Soak: client-visible failures while a good set existed, under faults (20 min)",
+    "hardware_keys": "Hardware keys (SoftHSM2, swtpm) next to key files",
 }
 LONG = {"soak"}  # run only when named with --only
 

@@ -52,6 +52,7 @@ from credential_sidecar.systemd.link import ServiceLink, install_test_hooks
 from credential_sidecar.systemd.notify import Notifier, listen_fds
 from credential_sidecar.upstream.access_keys import AccessKeySource
 from credential_sidecar.upstream.base import CredentialSource
+from credential_sidecar.upstream.hardware.factory import key_store
 from credential_sidecar.upstream.preflight import validate
 from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource, account_of
 
@@ -105,6 +106,7 @@ class Daemon:
         if isinstance(source, RolesAnywhereSource):
             identity = source.identity.current()
             row["certificate_not_after"] = iso_z(identity.not_after) if identity else None
+            row["key_store"] = key_store(getattr(c, "private_key", None))
         if isinstance(source, AccessKeySource):
             row.update(source.describe())  # key id, key age, whose key
         row["optional"] = c.optional

@@ -36,7 +36,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from credential_sidecar.devtools.demo import demo
 
-    return asyncio.run(demo(key_type=args.key_type))
+    return asyncio.run(demo(key_type=args.key_type, key_store=args.key_store))
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
@@ -87,6 +87,9 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-type", choices=["p256", "p384", "rsa"], default="p256")
+    p.add_argument("--key-store", choices=["file", "softhsm"], default="file",
+                   help="softhsm: the client key is generated on a throwaway SoftHSM2 token "
+                        "(P-256, non-extractable); needs Debian's softhsm2 and p11-kit-modules")
 
 
 def _emulator_args(p: argparse.ArgumentParser) -> None:

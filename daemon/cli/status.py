@@ -60,7 +60,7 @@ RECORD = (("name", "name"), ("id", "id"), ("type", "type"), ("mode", "mode"),
           ("state", "state"), ("notes", "notes"), ("created", "created"),
           ("modified", "modified"), ("used_by", "used by"), ("expires_at", "expires at"),
           ("last_renewal", "last renewal"), ("last_error", "last error"),
-          ("certificate_not_after", "certificate not after"),
+          ("certificate_not_after", "certificate not after"), ("key_store", "key store"),
           ("long_term_key_id", "access key"), ("key_created", "key created"),
           ("key_age_days", "key age (days)"), ("key_status", "key status"),
           ("identity_arn", "identity"))

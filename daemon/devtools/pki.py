@@ -14,11 +14,13 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from credential_sidecar.files import atomic_write
 from credential_sidecar.upstream.sigv4_x509 import SigningKey
 
+PublicKey = CertificatePublicKeyTypes
 KeyType = Literal["rsa", "p256", "p384"]
 
 
@@ -61,20 +63,38 @@ def _build(
     not_before: datetime | None,
     not_after: datetime | None,
 ) -> Issued:
+    cert = certificate(subject, key.public_key(), issuer, ca=ca, not_before=not_before,
+                       not_after=not_after, self_key=key)
+    return Issued(certificate=cert, key=key)
+
+
+def certificate(
+    subject: str,
+    public_key: PublicKey,
+    issuer: Issued | None,
+    *,
+    ca: bool = False,
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+    self_key: SigningKey | None = None,
+) -> x509.Certificate:
+    """A certificate for a public key whose private half is elsewhere (a token), or self-signed
+    with ``self_key`` when there is no issuer."""
     now = datetime.now(UTC)
-    signing_key = issuer.key if issuer else key
+    signing_key = issuer.key if issuer else self_key
+    assert signing_key is not None, "a self-signed certificate needs its own key"
     issuer_name = issuer.certificate.subject if issuer else _name(subject)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
         .issuer_name(issuer_name)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - timedelta(minutes=5))
         .not_valid_after(not_after or now + timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
         )
     )
     if ca:
@@ -100,8 +120,7 @@ def _build(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
             critical=False,
         )
-    cert = builder.sign(signing_key, hashes.SHA256())
-    return Issued(certificate=cert, key=key)
+    return builder.sign(signing_key, hashes.SHA256())
 
 
 def make_ca(name: str = "credential-sidecar demo CA", key_type: KeyType = "p256") -> Issued:

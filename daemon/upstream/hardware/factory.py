@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 
+from credential_sidecar.config.pkcs11_uri import parse as parse_pkcs11_uri
 from credential_sidecar.upstream.hardware.base import HardwareKey, HardwareKeyError
 from credential_sidecar.upstream.hardware.chain import select_chain
 
@@ -36,6 +37,22 @@ def is_hardware_key(private_key: str) -> bool:
             return TSS2_MARKER in f.read(4096)
     except OSError:
         return False
+
+
+def key_store(private_key: str | Path | None) -> str:
+    """Where a connection's key lives, for status: "file", "pkcs11 token '<label>'" or "tpm
+    (handle 0x81...)" / "tpm (key file)". Reads no PIN (a pkcs11: URI holds none)."""
+    if private_key is None:
+        return "file"  # in the PKCS#12 bundle
+    text = str(private_key)
+    if text.startswith("pkcs11:"):
+        uri = parse_pkcs11_uri(text)
+        if uri.token is not None:
+            return f"pkcs11 token {uri.token!r}"
+        return f"pkcs11 token (serial {uri.serial})" if uri.serial else "pkcs11 token"
+    if text.startswith("handle:"):
+        return f"tpm (handle {text.removeprefix('handle:')})"
+    return "tpm (key file)" if is_hardware_key(text) else "file"
 
 
 def open_key(
