@@ -13,7 +13,7 @@ DEFAULT_CONFIG = "/etc/credential-sidecar/config.toml"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from credential_sidecar.server import run
+    from credential_sidecar.supervisor import run
 
     return run(args.config)
 

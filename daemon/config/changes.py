@@ -1,0 +1,25 @@
+"""Which changes to a connection's settings touch how its credentials are obtained.
+
+A reload keeps the set and schedule of a connection whose changes are all neutral (who may fetch
+it, how it is described); any other change makes the new settings get their own first set.
+"""
+
+from __future__ import annotations
+
+from credential_sidecar.config.model import Connection
+
+# Settings that change who may fetch a connection, or how it is described, but not how its
+# credentials are obtained: a reload that changes only these keeps the set and its schedule.
+NEUTRAL_FIELDS = frozenset(
+    {"notes", "optional", "allowed_uids", "allowed_gids", "container_token_file"}
+)
+
+
+def changed_fields(before: Connection, after: Connection) -> list[str]:
+    names = set(type(before).model_fields) | set(type(after).model_fields)
+    return sorted(n for n in names if getattr(before, n, None) != getattr(after, n, None))
+
+
+def same_source(before: Connection, after: Connection) -> bool:
+    return type(before) is type(after) and set(changed_fields(before, after)) <= NEUTRAL_FIELDS
+
