@@ -18,9 +18,10 @@ from credential_sidecar.credentials import Credentials, parse_time
 from credential_sidecar.files import FileError
 from credential_sidecar.logs import SECRETS
 from credential_sidecar.upstream.base import UpstreamError, digest
-from credential_sidecar.upstream.certificate import HardwareSettings, Identity, IdentitySource
+from credential_sidecar.upstream.certificate import HardwareSettings, Identity
 from credential_sidecar.upstream.endpoints import EndpointError, resolve_endpoint
 from credential_sidecar.upstream.hardware.base import HardwareKey, HardwareKeyError
+from credential_sidecar.upstream.identity_source import IdentitySource
 from credential_sidecar.upstream.network import (
     CABundleError,
     ProxyRefused,

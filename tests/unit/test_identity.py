@@ -18,9 +18,10 @@ from cryptography.x509.oid import NameOID
 
 from credential_sidecar.devtools import pki
 from credential_sidecar.files import FileError, check_private_file
-from credential_sidecar.upstream import certificate as identity_mod
+from credential_sidecar.upstream import identity_source as identity_mod
 from credential_sidecar.upstream import sigv4_x509
-from credential_sidecar.upstream.certificate import Identity, IdentitySource, load_identity
+from credential_sidecar.upstream.certificate import Identity, load_identity
+from credential_sidecar.upstream.identity_source import IdentitySource
 
 PEM = serialization.Encoding.PEM
 DER = serialization.Encoding.DER
