@@ -150,12 +150,32 @@ class CredentialManager:
         self.sources[name] = source
         state = self.states[name]
         state.reload_pending = reason
+        await self._keep_across_restarts(name, source, state, reason)
         state.failures, state.last_error, state.next_attempt_mono = 0, None, 0.0
         self._restored.discard(name)
         if not await self._restore(name):
             state.refresh_remaining = float("inf")  # due at once
         self._schedule(name)
         self._changed.set()
+
+    async def _keep_across_restarts(
+        self, name: str, source: CredentialSource, state: ConnectionState, reason: str
+    ) -> None:
+        """Make before break across a restart too: the set still served is persisted under the
+        new settings, marked pending, so a daemon restarted before the new settings' first set
+        arrives restores it (and keeps trying) instead of serving nothing."""
+        current = state.servable(self.clock.time(), self.policy)
+        if self.store is None or current is None:
+            return
+        try:
+            binding = await source.binding()
+            if await self.store.load(name, binding) is not None:
+                return  # the new settings have a set of their own in the cache: restored next
+            await self.store.save(name, binding, current)
+        except UpstreamError as error:
+            log.warning("credentials not persisted", connection=name, reason=str(error))
+            return
+        await self.store.mark_pending(name, reason)
 
     async def remove(self, name: str) -> None:
         await self._end(name)
@@ -186,8 +206,12 @@ class CredentialManager:
         if creds is None or creds.remaining(self.clock.time()) < self.policy.min_serve_seconds:
             self._changed.set()
             return False
-        state.current, state.restored, state.reload_pending = creds, True, None
+        state.current, state.restored = creds, True
         state.refresh_remaining = self._refresh_point(creds)
+        state.reload_pending = await self.store.pending(name)
+        if state.reload_pending is not None:
+            # Restored from before a reload whose new settings have no set yet: keep trying.
+            state.refresh_remaining = float("inf")
         log.info(
             "credentials restored from cache",
             connection=name,
@@ -281,7 +305,8 @@ class CredentialManager:
             log.exception("renewal crashed", connection=name)
             self._failed(state, UpstreamError("InternalError", repr(exc)))
         else:
-            if state.reload_pending is not None:
+            was_pending = state.reload_pending is not None
+            if was_pending:
                 log.info("reload complete: the new settings have their first set", connection=name)
             state.current, state.restored, state.reload_pending = creds, False, None
             state.refresh_remaining = self._refresh_point(creds)
@@ -298,6 +323,8 @@ class CredentialManager:
             )
             if self.store is not None:
                 await self._persist(name, source, creds)
+                if was_pending:
+                    await self.store.mark_pending(name, None)
             self._tell_renewed(name)
         self._changed.set()
 

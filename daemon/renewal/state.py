@@ -24,6 +24,12 @@ class CredentialStore(Protocol):
 
     async def load(self, name: str, binding: str) -> Credentials | None: ...
 
+    async def mark_pending(self, name: str, reason: str | None) -> None:
+        """Remember (None: forget) that a reload left this connection's new settings without
+        a set of their own, so a restart keeps serving the old one and keeps trying."""
+
+    async def pending(self, name: str) -> str | None: ...
+
 
 @dataclass
 class ConnectionState:

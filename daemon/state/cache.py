@@ -152,5 +152,30 @@ class CredentialCache:
             log.warning("cache file ignored", connection=name, path=str(path), reason=str(exc))
             return None
 
+    def _pending_path(self, name: str) -> Path:
+        return self.directory / f"{name}.pending"
+
+    async def mark_pending(self, name: str, reason: str | None) -> None:
+        """A reload's pending state, in the clear (a reason, never a secret)."""
+        path = self._pending_path(name)
+        try:
+            if reason is None:
+                await asyncio.to_thread(path.unlink, True)
+            else:
+                await asyncio.to_thread(self._write_pending, path, reason)
+        except OSError as exc:
+            log.warning("reload state not persisted", connection=name, error=str(exc))
+
+    def _write_pending(self, path: Path, reason: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(path, reason.encode("utf-8"))
+
+    async def pending(self, name: str) -> str | None:
+        try:
+            data = await asyncio.to_thread(self._pending_path(name).read_bytes)
+        except OSError:
+            return None
+        return data[:512].decode("utf-8", "replace") or None
+
     def forget(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)

@@ -32,20 +32,10 @@ def soak(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
-# The one failure class still open (issue 11): a reload changes a connection, the daemon is
-# killed before the new settings' first set is persisted, and the restarted daemon ignores the
-# old settings' cached set (it is sealed to them), serving nothing until the upstream answers.
-KNOWN_OPEN = {"cache file ignored"}
-
-
 @pytest.mark.timeout(600)
-def test_no_failure_while_a_good_set_existed_beyond_the_known_open_class(
-    soak: dict[str, Any],
-) -> None:
+def test_no_failure_while_a_good_set_existed(soak: dict[str, Any]) -> None:
     failures = soak["failures_while_good"]
-    said = failures.get("daemon_last_said", {})
-    print(f"failures while a good set existed: {failures['count']} ({said})")
-    assert set(said) <= KNOWN_OPEN, json.dumps(failures["classes"], indent=1)
+    assert failures["count"] == 0, json.dumps(failures["classes"], indent=1)
 
 
 @pytest.mark.timeout(600)

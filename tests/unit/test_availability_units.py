@@ -128,6 +128,12 @@ async def test_a_connection_still_reading_its_cache_says_restoring() -> None:
         async def load(self, name: str, binding: str) -> None:
             await gate.wait()
 
+        async def mark_pending(self, name: str, reason: str | None) -> None:
+            return None
+
+        async def pending(self, name: str) -> str | None:
+            return None
+
     manager = CredentialManager({"conn": FakeSource(clock, 3600)}, clock, store=SlowStore())
     restoring = asyncio.create_task(manager.restore())
     await settle()
@@ -232,3 +238,59 @@ def test_a_wildcard_listener_accepts_address_literals_but_no_foreign_name() -> N
     for host in ("attacker.example:9913", "127.0.0.1:80", "rebind.127.0.0.1.nip.io:9913"):
         assert not guard.allows(host), host
     assert not HostGuard("127.0.0.1").allows("10.1.2.3")
+
+
+class _BoundSource(FakeSource):
+    """A fake upstream whose identity (what the cache binds a set to) is named."""
+
+    def __init__(self, clock: FakeClock, lifetime: int, binding: str) -> None:
+        super().__init__(clock, lifetime, binding)
+        self._binding = binding
+
+    async def binding(self) -> str:
+        return self._binding
+
+
+async def test_a_pending_reload_survives_a_restart(tmp_path: Path) -> None:
+    from credential_sidecar.state.cache import CredentialCache
+
+    key = bytes(range(32))
+    clock = FakeClock()
+    old = _BoundSource(clock, 3600, "old-settings")
+    first = CredentialManager({"conn": old}, clock, rng=random.Random(1),
+                              store=CredentialCache(tmp_path, key))
+    await first.start()
+    await settle()
+    served = first.get("conn")
+    assert served is not None
+    new = _BoundSource(clock, 3600, "new-settings")
+    new.failing = OUTAGE
+    await first.replace("conn", new, "changed role_arn")
+    await settle()
+    await first.stop()  # as good as a kill: nothing more is written
+
+    again = _BoundSource(clock, 3600, "new-settings")
+    again.failing = OUTAGE
+    second = CredentialManager({"conn": again}, clock, rng=random.Random(2),
+                               store=CredentialCache(tmp_path, key))
+    await second.start()
+    await settle()
+    restored = second.get("conn")
+    assert restored is not None and restored.access_key_id == served.access_key_id
+    assert "changed role_arn" in second.pending_reloads()["conn"]
+    assert again.calls >= 1, "the restarted daemon keeps trying the new settings"
+    again.failing = None
+    await clock.advance(130)
+    for _ in range(300):  # the renewal persists its set, then clears the mark, in threads
+        if not (tmp_path / "conn.pending").exists():
+            break
+        await asyncio.sleep(0.01)
+    assert not (tmp_path / "conn.pending").exists()
+    assert second.get("conn") is again.issued[-1]
+    assert second.pending_reloads() == {}
+    await second.stop()
+
+    third = CredentialManager({"conn": _BoundSource(clock, 3600, "new-settings")}, clock,
+                              store=CredentialCache(tmp_path, key))
+    await third.restore()
+    assert third.get("conn") is not None and third.pending_reloads() == {}
