@@ -84,29 +84,34 @@ def read_token(path: Path, uids: Sequence[int] = (), gids: Sequence[int] = ()) -
                 f"container token file {path} has mode {mode:04o}: other users may have read or"
                 f" changed it; write a new token into it and run: chmod 600 {path}"
             )
-        try:
-            grant_read(fd, uids, gids)
-        except OSError as exc:
-            raise TokenError(
-                f"container token file {path}: cannot set its access (mode 0600 and an ACL"
-                f" for allowed_uids/allowed_gids): {exc.strerror}; the filesystem must support"
-                " POSIX ACLs"
-            ) from None
-        st = os.fstat(fd)
-        mode = stat.S_IMODE(st.st_mode)
-        # With an ACL the group bits are its mask; only the file's own group must have nothing.
-        # (No ACL: the group bits are the group's. An ACL naming only the daemon's own uid
-        # grants nobody else: [].)
-        grants = acl_grants(fd, st.st_uid) if mode & 0o070 else []
-        if mode & 0o037 or grants is None or "the file's group" in grants:
-            raise TokenError(
-                f"container token file {path} has mode {mode:04o} after setting its access:"
-                f" run: setfacl -b {path} && chmod 600 {path}"
-            )
+        _take_access(fd, path, uids, gids)
         data = os.read(fd, _MAX_FILE + 1)
     finally:
         os.close(fd)
     return _token_from(path, data)
+
+
+def _take_access(fd: int, path: Path, uids: Sequence[int], gids: Sequence[int]) -> None:
+    """Mode 0600 plus an ACL read entry per allowed uid and gid, checked once set."""
+    try:
+        grant_read(fd, uids, gids)
+    except OSError as exc:
+        raise TokenError(
+            f"container token file {path}: cannot set its access (mode 0600 and an ACL"
+            f" for allowed_uids/allowed_gids): {exc.strerror}; the filesystem must support"
+            " POSIX ACLs"
+        ) from None
+    st = os.fstat(fd)
+    mode = stat.S_IMODE(st.st_mode)
+    # With an ACL the group bits are its mask; only the file's own group must have nothing.
+    # (No ACL: the group bits are the group's. An ACL naming only the daemon's own uid
+    # grants nobody else: [].)
+    grants = acl_grants(fd, st.st_uid) if mode & 0o070 else []
+    if mode & 0o037 or grants is None or "the file's group" in grants:
+        raise TokenError(
+            f"container token file {path} has mode {mode:04o} after setting its access:"
+            f" run: setfacl -b {path} && chmod 600 {path}"
+        )
 
 
 def _token_from(path: Path, data: bytes) -> str:
