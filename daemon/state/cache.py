@@ -15,6 +15,7 @@ import hmac
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -122,6 +123,22 @@ class CredentialCache:
     def __init__(self, directory: Path, key: bytes) -> None:
         self.directory = directory
         self._key = key
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def _in_order(self, name: str, work: Callable[[], object]) -> None:
+        """One connection's file changes land in the order they were asked. A renewal cancelled
+        by a reload leaves its write running in a thread; without this, that older write could
+        land after the reload's and a restart would find the set bound to the old settings."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            running = asyncio.ensure_future(asyncio.to_thread(work))
+            try:
+                await asyncio.shield(running)
+            except asyncio.CancelledError:
+                await asyncio.wait([running])  # the lock is held until the thread is done
+                if not running.cancelled() and running.exception() is not None:
+                    log.warning("cache write failed", connection=name,
+                                error=str(running.exception()))
+                raise
 
     def path(self, name: str) -> Path:
         return self.directory / f"{name}.cred"
@@ -133,7 +150,7 @@ class CredentialCache:
     async def save(self, name: str, binding: str, creds: Credentials) -> None:
         blob = seal(self._key, name, binding, creds)
         try:
-            await asyncio.to_thread(self._write, name, blob)
+            await self._in_order(name, lambda: self._write(name, blob))
         except OSError as exc:
             log.warning("cannot persist credentials", connection=name, error=str(exc))
 
@@ -160,9 +177,9 @@ class CredentialCache:
         path = self._pending_path(name)
         try:
             if reason is None:
-                await asyncio.to_thread(path.unlink, True)
+                await self._in_order(name, lambda: path.unlink(missing_ok=True))
             else:
-                await asyncio.to_thread(self._write_pending, path, reason)
+                await self._in_order(name, lambda: self._write_pending(path, reason))
         except OSError as exc:
             log.warning("reload state not persisted", connection=name, error=str(exc))
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,37 @@ async def test_a_changed_identity_or_name_does_not_open(cache: CredentialCache) 
     assert await cache.load("app", "binding-2") is None
     os.rename(cache.path("app"), cache.path("other"))
     assert await cache.load("other", "binding-1") is None
+
+
+async def test_a_cancelled_write_never_lands_after_a_later_one(
+    cache: CredentialCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal cancelled by a reload leaves its write running in a thread; the reload's own
+    write must still be the one on disk (else a restart finds the old settings' set)."""
+    release, started, landed = threading.Event(), threading.Event(), threading.Event()
+    plain_write = cache._write
+
+    def slow_first_write(name: str, blob: bytes) -> None:
+        if started.is_set():
+            plain_write(name, blob)
+            return
+        started.set()
+        release.wait(10)
+        plain_write(name, blob)
+        landed.set()
+
+    monkeypatch.setattr(cache, "_write", slow_first_write)
+    older = asyncio.create_task(cache.save("app", "old-settings", creds()))
+    assert await asyncio.to_thread(started.wait, 10)
+    older.cancel()
+    newer = asyncio.create_task(cache.save("app", "new-settings", creds()))
+    await asyncio.sleep(0.01)
+    release.set()
+    await newer
+    with pytest.raises(asyncio.CancelledError):
+        await older
+    assert await asyncio.to_thread(landed.wait, 10)
+    assert await cache.load("app", "new-settings") is not None
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "foreign-key", "garbage"])
