@@ -73,6 +73,7 @@ from typing import Any
 
 import common as c
 
+from credential_sidecar.renewal.schedule import Policy
 from tests.helpers import harness as h
 
 TOLERANCE = 15.0  # seconds of test clock: slack of every time comparison (as test_resilience)
@@ -83,6 +84,8 @@ GAP_SLACK = 1.0  # real seconds after a restarted daemon is up that still count 
 STATUS_RE = re.compile(r"\b(?:HTTP|status|response) ?(\d{3})\b")
 STAMP_FMT = "%Y-%m-%dT%H:%M:%SZ"
 SETTLE_READ = 0.05  # seconds after an offset file is written by which every process reads it
+FAULT_SLACK = 60.0  # seconds of test clock added to each failing stretch (event times are early)
+FAILING_FAULTS = ("fail_count", "throttle_count", "malformed_count", "empty_count", "deny_count")
 JUMP_STEP = 240.0  # seconds of test clock per step of a jump (the upstream allows 300 s of skew)
 SETTLED_LEFT = 700.0  # after each fault, wait until every held set has this much left
 TOKEN_MARGIN = 3000.0  # the token client renews a token this long (test clock) before its TTL ends
@@ -1161,14 +1164,44 @@ class Monitor(threading.Thread):
 # --- main ----------------------------------------------------------------------------------------
 
 
-def upstream(stats: dict[str, Any], conns: list[dict[str, Any]], span: float) -> dict[str, Any]:
+def upstream(stats: dict[str, Any], conns: list[dict[str, Any]], span: float,
+             events: list[Event]) -> dict[str, Any]:
     """CreateSession calls made vs the ideal: one initial set per connection, then one renewal
-    per half lifetime (the daemon renews with 50-60 % of the life left)."""
+    per half lifetime (the daemon renews with 50-60 % of the life left). Failed calls are held
+    to what the retry policy allows at its fastest (every jittered delay at its floor) over the
+    test-clock time the upstream was failing: a bound that holds however fast the machine."""
     ideal = sum(1 + math.floor(span / (0.5 * float(conn.get("duration_seconds", 3600))))
                 for conn in conns)
+    budget = len(conns) * sum(policy_attempts(seconds) for seconds in failing_spans(events))
     return {"calls": stats["calls"], "succeeded": stats["succeeded"], "failed": stats["failed"],
             "issued": len(stats["issued"]), "ideal": ideal, "test_clock_span_s": round(span),
-            "calls_per_ideal": round(stats["calls"] / ideal, 2) if ideal else None}
+            "calls_per_ideal": round(stats["calls"] / ideal, 2) if ideal else None,
+            "failed_budget": budget}
+
+
+def failing_spans(events: list[Event]) -> list[float]:
+    """Test-clock seconds of each stretch with faults set, cut where the daemon restarted (a
+    new process starts its backoff afresh)."""
+    spans, since = [], None
+    for event in events:
+        if event.kind == "faults" and any(f in event.detail for f in FAILING_FAULTS):
+            since = event.test if since is None else since
+        elif since is not None and event.kind in ("faults cleared", "up"):
+            spans.append(event.test - since + FAULT_SLACK)
+            since = event.test if event.kind == "up" else None
+    return spans
+
+
+def policy_attempts(seconds: float) -> int:
+    """The most calls one connection may make in ``seconds`` of failures: the first, then one
+    after each backoff delay at its jitter floor (half the nominal), plus one in flight at each
+    end of the stretch."""
+    policy, attempts, elapsed = Policy(), 1, 0.0
+    while True:
+        elapsed += 0.5 * min(policy.retry_cap, policy.retry_base * 2.0 ** (attempts - 1))
+        if elapsed > seconds:
+            return attempts + 2
+        attempts += 1
 
 
 def emulator_stats(url: str) -> dict[str, Any]:
@@ -1191,7 +1224,8 @@ def table(result: dict[str, Any]) -> str:
              f"{served['under_60_s']}; expired: {served['expired']}; key not the connection's: "
              f"{served['key_not_logged_for_that_connection']}",
              f"upstream CreateSession: {up['calls']} calls ({up['failed']} failed) vs ideal "
-             f"{up['ideal']} over {up['test_clock_span_s']} s of test clock",
+             f"{up['ideal']} over {up['test_clock_span_s']} s of test clock; failed calls the "
+             f"retry policy allows at most: {up['failed_budget']}",
              f"done: {json.dumps(result['done'])}"]
     res = result.get("resources", {})
     if res:
@@ -1332,7 +1366,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "seed": args.seed, "short": args.short,
                         "imds_listeners": IMDS_LISTENERS, "tolerance_s": TOLERANCE,
                         "client_timeout_s": CLIENT_TIMEOUT, "disk_on_tmpfs": disk.mounted},
-            upstream=upstream(stats, conns, clock.now() - start_test),
+            upstream=upstream(stats, conns, clock.now() - start_test, sidecar.events),
             done=dict(soak.counts) | {"daemon_reload_log": dict(reloads)},
             resources=monitor.summary(),
             client_crashes=clients.crashes,

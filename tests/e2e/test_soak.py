@@ -64,7 +64,9 @@ def test_every_client_and_fault_ran(soak: dict[str, Any]) -> None:
 def test_resources_and_upstream_stay_bounded(soak: dict[str, Any]) -> None:
     up = soak["upstream"]
     assert up["succeeded"] >= up["issued"] > 0
-    assert up["calls"] <= 3 * up["ideal"], up  # faults cost retries, not a storm
+    # Renewals only as the lifetimes ask; faults cost retries at the policy's pace, not a storm.
+    assert up["succeeded"] <= 2 * up["ideal"], up
+    assert up["failed"] <= up["failed_budget"], up
     res = soak["resources"]
     assert res["fds"]["max"] < 400, res["fds"]
     assert res["rss_mib"]["max"] < 400, res["rss_mib"]
