@@ -42,6 +42,7 @@ from credential_sidecar.state.cache import (
     load_or_create_key,
 )
 from credential_sidecar.state.records import ConnectionRecords
+from credential_sidecar.state.tokens import TokenKeeper
 from credential_sidecar.state.trust import check_state_dir
 from credential_sidecar.systemd.activation import SocketPool
 from credential_sidecar.upstream.access_keys import AccessKeySource
@@ -72,6 +73,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.records = ConnectionRecords(config.daemon.state_dir)  # ids, created, modified
         self.token_key: bytes | None = None  # IMDS tokens: derived from the cache key
+        self.token_keeper: TokenKeeper | None = None  # container tokens kept across reboots
         self.listen_problems: dict[str, str] = {}  # door -> why it is not listening
         self.credential_files: CredentialsFiles | None = None  # [[credentials_file]]
         self._chores: list[asyncio.Task[None]] = []
@@ -121,6 +123,7 @@ class Daemon:
                         error=str(exc))
             return None
         self.token_key = derive_key(key, "imds-token")
+        self.token_keeper = TokenKeeper(state_dir / "kept-tokens", key)
         return CredentialCache(state_dir / "cache", key)
 
     def _doors(self, config: Config) -> dict[str, tuple[object, Callable[[], Door]]]:
@@ -140,7 +143,8 @@ class Daemon:
     def _container_door(self) -> Door:
         assert self.config.container is not None
         manager = self._manager()
-        self.tokens.sync(self.config.connections, self.config.daemon.state_dir)
+        self.tokens.sync(self.config.connections, self.config.daemon.state_dir,
+                         self.token_keeper)
         guard = HostGuard(self.config.container.listen.host, aliases=CONTAINER_ALIASES)
         container = ContainerApp(self.tokens, manager.get, guard, access=self._access())
         return container.app, self.config.container.listen, guard
@@ -269,7 +273,7 @@ class Daemon:
             await self.clock.sleep(TOKEN_RETRY_SECONDS)
             if self.config.container is not None and self.tokens.problems:
                 await asyncio.to_thread(self.tokens.sync, self.config.connections,
-                                        self.config.daemon.state_dir)
+                                        self.config.daemon.state_dir, self.token_keeper)
 
     async def _listen(self, door, app, address, guard: HostGuard | None,  # type: ignore[no-untyped-def]
                       hop_limit: int | None = None) -> None:
@@ -317,7 +321,8 @@ class Daemon:
                     self.listen_problems[door] = f"not listening: {exc.strerror or exc}"
                     log.error("a listener could not start", door=door, error=str(exc))
         if config.container is not None and "container" in running:
-            self.tokens.sync(config.connections, config.daemon.state_dir)  # new, changed files
+            self.tokens.sync(config.connections, config.daemon.state_dir,  # new, changed files
+                             self.token_keeper)
         if config.control != old.control:
             await self._stop_control()
             await self._start_control()

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from credential_sidecar.files import FileError, acl_grants, atomic_write, grant_read, private_dir
 from credential_sidecar.logs import SECRETS, get_logger
+from credential_sidecar.state.tokens import TokenKeeper
 
 log = get_logger()
 
@@ -130,9 +131,10 @@ def _token_from(path: Path, data: bytes) -> str:
 
 
 def load_or_create_token(
-    path: Path, uids: Sequence[int] = (), gids: Sequence[int] = ()
+    path: Path, uids: Sequence[int] = (), gids: Sequence[int] = (), *, kept: str | None = None
 ) -> tuple[str, bool]:
-    """The token in ``path``; created (no trailing newline) if the file is absent.
+    """The token in ``path``; created (no trailing newline) if the file is absent, holding
+    ``kept`` (the token this file held before it vanished) or else a new random one.
 
     A new file is 0600 and the daemon's, with one ACL read entry per uid and gid given, set on
     the temporary file before it holds a byte; it appears whole or not at all (written aside,
@@ -149,7 +151,7 @@ def load_or_create_token(
         return read_token(path, uids, gids), False
     except FileNotFoundError:
         pass
-    token = secrets.token_urlsafe(32)
+    token = kept or secrets.token_urlsafe(32)
     try:
         atomic_write(path, token.encode("ascii"), mode=0o600, replace=False,
                      prepare=lambda fd: grant_read(fd, uids, gids))
@@ -183,8 +185,13 @@ class TokenBook:
         self.paths: dict[str, Path] = {}
         self.problems: dict[str, str] = {}
 
-    def sync(self, connections: Iterable[TokenOwner], state_dir: Path) -> None:
-        """Load (or create) every connection's token; a bad file disables only its connection."""
+    def sync(self, connections: Iterable[TokenOwner], state_dir: Path,
+             keeper: TokenKeeper | None = None) -> None:
+        """Load (or create) every connection's token; a bad file disables only its connection.
+
+        With a ``keeper``, a file that vanished (a token under /run after a reboot) is made
+        again with the token it held, and a token the operator wrote in is kept from then on.
+        """
         # Built aside and swapped in at the end: sync runs in a thread on reload and on retries,
         # and /readyz must never see a half-done sync (no problems yet, or no paths).
         digests: dict[str, bytes] = {}
@@ -197,7 +204,9 @@ class TokenBook:
             try:
                 if configured is None:
                     private_dir(state_dir, "state_dir")
-                token, created = load_or_create_token(path, conn.allowed_uids, conn.allowed_gids)
+                kept = keeper.recall(name) if keeper is not None else None
+                token, created = load_or_create_token(path, conn.allowed_uids, conn.allowed_gids,
+                                                      kept=kept)
             except (TokenError, FileError, OSError) as exc:
                 message = str(exc) if isinstance(exc, TokenError | FileError) else (
                     f"container token file {path}: {exc.strerror or exc}")
@@ -207,8 +216,11 @@ class TokenBook:
                 continue
             SECRETS.add(token)
             digests[name] = _digest(token)
+            if keeper is not None and token != kept:
+                keeper.remember(name, token)
             if created:
-                log.info("container token created", connection=name, file=str(path))
+                log.info("container token restored" if kept else "container token created",
+                         connection=name, file=str(path))
         self._digests, self.paths, self.problems = digests, paths, problems
 
     def owner(self, presented: str) -> str | None:

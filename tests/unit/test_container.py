@@ -25,6 +25,7 @@ from credential_sidecar.doors.container_tokens import (
 from credential_sidecar.doors.guards import HostGuard
 from credential_sidecar.files import acl_grants
 from credential_sidecar.logs import SECRETS
+from credential_sidecar.state.tokens import TokenKeeper
 from credential_sidecar.testing import FakeClock
 
 
@@ -151,6 +152,37 @@ def test_a_reload_picks_up_a_rewritten_token_and_forgets_removed_connections(
     assert book.owner("rotated-token-for-a-0123456789") == "a"
     assert book.owner(old_a) is None
     assert book.owner(old_b) is None
+
+
+def test_a_vanished_token_file_comes_back_with_the_same_token_and_rotations_are_kept(
+    tmp_path: Path,
+) -> None:
+    """A token under /run is gone after a stop and start or a reboot; apps that copied it must
+    still be admitted, and a token the operator rotated in must not come back as the old one."""
+    run, state = tmp_path / "run", tmp_path / "state"
+    keeper = TokenKeeper(state / "kept-tokens", bytes(range(32)))
+    conn = Conn("a", container_token_file=run / "a.token")
+    TokenBook().sync([conn], state, keeper)
+    first = read_token(run / "a.token")
+    sealed = (state / "kept-tokens" / "a.sealed").read_bytes()
+    assert first.encode() not in sealed, "kept sealed, never in the clear"
+    assert stat.S_IMODE((state / "kept-tokens" / "a.sealed").stat().st_mode) == 0o600
+
+    (run / "a.token").unlink()  # a reboot
+    book = TokenBook()
+    book.sync([conn], state, keeper)
+    assert read_token(run / "a.token") == first and book.owner(first) == "a"
+
+    (run / "a.token").write_text("rotated-by-the-operator-0123456789")
+    book.sync([conn], state, keeper)
+    (run / "a.token").unlink()
+    book.sync([conn], state, keeper)
+    assert read_token(run / "a.token") == "rotated-by-the-operator-0123456789"
+
+    other_key = TokenKeeper(state / "kept-tokens", bytes(32))  # a new cache key: a new token
+    (run / "a.token").unlink()
+    book.sync([conn], state, other_key)
+    assert read_token(run / "a.token") not in (first, "rotated-by-the-operator-0123456789")
 
 
 # --- the door --------------------------------------------------------------------------------
