@@ -5,14 +5,16 @@ credentials through botocore's container provider over the pod's loopback, exact
 manifest's environment. The upstream is the Roles Anywhere emulator as a third container (the
 manifest's ARNs; only `endpoint` is added). The pod has no network but its loopback.
 
-The image is built offline (tests/helpers/Containerfile) FROM a `podman import` of the cached
-debootstrap root shared with test_realsys_systemd.py. First run ~1-2 min more; then ~30 s.
+The image is built offline by README's container-build block (the top-level Containerfile) FROM a
+`podman import` of the cached debootstrap root shared with test_realsys_systemd.py, tagged as the
+Containerfile's default base. First run ~1-2 min more; then ~30 s.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ def manifest() -> tuple[dict[str, Any], dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    assert nspawn.missing_tools() == [] and pm.shutil.which("podman"), (
+    assert nspawn.missing_tools() == [] and shutil.which("podman"), (
         "tests/setup/realsys.sh installs debootstrap, zstd and podman")
     tarball = nspawn.root_tarball()
     return pm.build_image(tarball, nspawn.wheelhouse(ROOT))

@@ -21,6 +21,7 @@ import pytest
 
 from tests.helpers import harness as h
 from tests.helpers import nspawn
+from tests.helpers.readme import block
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = "credential-sidecar.service"
@@ -28,6 +29,8 @@ SOCKET_UNIT = "credential-sidecar.socket"
 EMULATOR = "127.0.0.1:9990"
 IMDS, CONTAINER, HEALTH = "127.0.0.1:9911", "127.0.0.1:9912", "127.0.0.1:9913"
 CONTROL = "/run/credential-sidecar/control.sock"
+SOURCE = "/root/credential-sidecar"
+TOKEN = "/run/credential-sidecar/reports.token"
 
 pytestmark = [
     pytest.mark.timeout(900),
@@ -64,6 +67,7 @@ role_arn = "{h.ROLE}"
 session_name = "reports-systemd"
 duration_seconds = 3600
 endpoint = "http://{EMULATOR}"
+container_token_file = "{TOKEN}"
 """
 
 
@@ -113,37 +117,27 @@ def daemon_events(m: nspawn.Machine) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Machine]:
+    """A fresh Debian 12 guest where README's "Installing on Debian/Ubuntu with systemd" ran
+    verbatim up to the operator's edit: the program, the units, the user, the directories."""
     missing = nspawn.missing_tools()
     assert not missing, f"missing {missing}: tests/setup/realsys.sh installs them"
     nspawn.sweep()
     tarball = nspawn.root_tarball()
-    layers = nspawn.venv_layers(tarball, nspawn.wheelhouse(ROOT))
+    wheels = nspawn.wheelhouse(ROOT)
     tmp = tmp_path_factory.mktemp("realsys")
+    source = tmp / "source"
+    nspawn.source_copy(ROOT, source)
     material = h.make_pki(tmp / "pki", "p256", name="reports")
     (tmp / "config.toml").write_text(CONFIG)
-    units = ROOT / "systemd"
-    copies = [
-        (units / UNIT, f"/etc/systemd/system/{UNIT}"),
-        (units / SOCKET_UNIT, f"/etc/systemd/system/{SOCKET_UNIT}"),
-        (units / "credential-sidecar.sysusers", "/etc/sysusers.d/credential-sidecar.conf"),
-        (units / "credential-sidecar.tmpfiles", "/etc/tmpfiles.d/credential-sidecar.conf"),
-        (tmp / "config.toml", "/etc/credential-sidecar/config.toml"),
-        (material.cert, "/etc/credential-sidecar/reports.crt"),
-        (material.key, "/etc/credential-sidecar/private/reports.key"),
-        (material.ca_file, "/etc/cs-test/ca.pem"),
-    ]
-    machine = nspawn.Machine(f"cs-sd-{os.getpid()}", tarball, layers=layers, copies=copies)
+    copies = [(source, SOURCE), (wheels, "/root/wheels"),
+              (material.cert, "/root/reports.crt"), (material.key, f"{SOURCE}/reports.key"),
+              (material.ca_file, "/etc/cs-test/ca.pem")]
+    machine = nspawn.Machine(f"cs-sd-{os.getpid()}", tarball, copies=copies)
     with machine:
-        # README, "Running under systemd": the user, the root-only secrets directory
-        machine.sh("""
-            systemd-sysusers credential-sidecar.conf
-            systemd-tmpfiles --create credential-sidecar.conf
-            chown -R root:root /etc/credential-sidecar
-            chmod 0755 /etc/credential-sidecar; chmod 0644 /etc/credential-sidecar/*.*
-            chmod 0700 /etc/credential-sidecar/private
-            chmod 0600 /etc/credential-sidecar/private/reports.key
-            systemctl daemon-reload
-        """)
+        readme(machine, "systemd-install")
+        # the operator's edit: this suite's config and certificate
+        machine.write("/etc/credential-sidecar/config.toml", CONFIG)
+        machine.run(["install", "-m", "0644", "/root/reports.crt", "/etc/credential-sidecar/"])
         machine.run([
             "systemd-run", "--unit=cs-emulator", "--property=Type=exec", "--quiet",
             "/usr/bin/credential-sidecar", "emulator", "--listen", EMULATOR,
@@ -154,6 +148,17 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Machine]:
                                        check=False).returncode == 0,
                    timeout=60, what="the emulator in the guest")
         yield machine
+
+
+def readme(m: nspawn.Machine, name: str) -> None:
+    """A README block, verbatim, as root in the clone; pip finds its packages offline (the
+    guest has no network) through its environment, not through changed commands."""
+    started = time.monotonic()
+    m.run(["env", "PIP_NO_INDEX=1", "PIP_FIND_LINKS=/root/wheels", "PIP_NO_CACHE_DIR=1",
+           "PIP_DISABLE_PIP_VERSION_CHECK=1", "DEBIAN_FRONTEND=noninteractive",
+           "/bin/bash", "-euxo", "pipefail", "-c", f"cd {SOURCE}\n" + block(name)],
+          timeout=600)
+    nspawn.log(f"README block {name} in {time.monotonic() - started:.1f}s")
 
 
 def test_guest_runs_systemd_252_as_pid_1(guest: nspawn.Machine) -> None:
@@ -168,15 +173,41 @@ def test_the_unit_verifies_in_the_guest(guest: nspawn.Machine) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_start_reports_ready_only_with_credentials(guest: nspawn.Machine) -> None:
-    result = guest.run(["systemctl", "start", UNIT], check=False, timeout=120)
+def test_readme_start_reports_ready_only_with_credentials(guest: nspawn.Machine) -> None:
+    readme(guest, "systemd-start")  # check-config as the service sees it, socket, service
     props = wait_active(guest)
-    assert result.returncode == 0, props
-    # Type=notify: `systemctl start` returned after READY=1, which needs credentials in hand
+    # Type=notify: `systemctl enable --now` returned after READY=1, which needs credentials
     assert issued(guest), "READY=1 came before any credentials were issued"
     assert props["StatusText"], "no STATUS= line reached systemd"
+    assert guest.show(SOCKET_UNIT, "ActiveState")["ActiveState"] == "active"
     served = imds_credentials(guest)
     assert served["Code"] == "Success" and served["AccessKeyId"] in issued(guest)
+    inherited = [e for e in daemon_events(guest)
+                 if e.get("event") == "listening" and e.get("activated")]
+    assert len(inherited) == 3, "the README's start did not hand the daemon systemd's sockets"
+
+
+def test_the_documentation_the_unit_names_is_installed(guest: nspawn.Machine) -> None:
+    docs = guest.show(UNIT, "Documentation")["Documentation"].split()
+    assert docs and all(d.startswith("file:") for d in docs), docs
+    for doc in docs:
+        guest.run(["test", "-s", doc.removeprefix("file:")])
+
+
+def test_check_config_as_the_service_refuses_a_key_it_cannot_read(guest: nspawn.Machine) -> None:
+    """The README's check runs as the service user with its credentials: a config that names a
+    key missing from the credential store fails there, before any start."""
+    check = next(line for line in block("systemd-start").splitlines()
+                 if "check-config" in line)
+    good = guest.run(["cat", "/etc/credential-sidecar/config.toml"]).stdout
+    guest.write("/etc/credential-sidecar/config.toml",
+                good.replace("private_reports.key", "private_missing.key"))
+    try:
+        result = guest.sh(check, check=False)
+        assert result.returncode != 0 and "private_missing.key" in result.stderr + result.stdout
+    finally:
+        guest.write("/etc/credential-sidecar/config.toml", good)
+    guest.sh(check)
 
 
 def test_the_sandbox_is_in_force(guest: nspawn.Machine) -> None:
@@ -208,7 +239,7 @@ def test_journal_carries_the_json_log(guest: nspawn.Machine) -> None:
 
 def test_container_door_and_control_socket(guest: nspawn.Machine) -> None:
     wait_active(guest)
-    token = guest.run(["cat", "/var/lib/credential-sidecar/tokens/reports.token"]).stdout.strip()
+    token = guest.run(["cat", TOKEN]).stdout.strip()
     body = curl(guest, "-f", "-H", f"Authorization: {token}",
                 f"http://{CONTAINER}/v1/credentials/reports")
     assert json.loads(body)["AccessKeyId"] in issued(guest)
@@ -244,18 +275,46 @@ def test_stop_is_a_clean_exit(guest: nspawn.Machine) -> None:
     assert props["ExecMainStatus"] == "0", props
 
 
+def test_container_tokens_survive_a_stop_and_start(guest: nspawn.Machine) -> None:
+    """/run/credential-sidecar goes away on stop (RuntimeDirectoryPreserve= covers restarts
+    only); an app that copied its token must still be admitted after the next start."""
+    guest.run(["systemctl", "start", UNIT], timeout=120)
+    wait_active(guest)
+    token = guest.run(["cat", TOKEN]).stdout.strip()
+    guest.run(["systemctl", "stop", UNIT], timeout=60)
+    assert guest.run(["test", "-e", TOKEN], check=False).returncode != 0, "not removed on stop"
+    guest.run(["systemctl", "start", UNIT], timeout=120)
+    wait_active(guest)
+    assert guest.run(["cat", TOKEN]).stdout.strip() == token
+    body = curl(guest, "-f", "-H", f"Authorization: {token}",
+                f"http://{CONTAINER}/v1/credentials/reports")
+    assert json.loads(body)["AccessKeyId"] in issued(guest)
+
+
 def test_socket_activation_starts_the_daemon_on_first_connection(guest: nspawn.Machine) -> None:
-    guest.run(["systemctl", "start", SOCKET_UNIT])
-    try:
-        assert guest.show(UNIT, "ActiveState")["ActiveState"] == "inactive"
-        served = imds_credentials(guest)  # the first connection waits in the socket's queue
-        assert served["Code"] == "Success"
-        wait_active(guest)
-        inherited = [e for e in daemon_events(guest)
-                     if e.get("event") == "listening" and e.get("activated")]
-        assert inherited, "the daemon bound its own sockets instead of systemd's"
-    finally:
-        guest.run(["systemctl", "stop", UNIT, SOCKET_UNIT], timeout=60)
+    guest.run(["systemctl", "stop", UNIT], timeout=60)  # the socket unit keeps the ports
+    assert guest.show(UNIT, "ActiveState")["ActiveState"] == "inactive"
+    served = imds_credentials(guest)  # the first connection waits in the socket's queue
+    assert served["Code"] == "Success"
+    pid = wait_active(guest)["MainPID"]
+    inherited = [r for r in guest.journal(UNIT) if r.get("_PID") == pid
+                 and str(r.get("MESSAGE")).startswith("{")
+                 and json.loads(str(r["MESSAGE"])).get("activated") is True]
+    assert inherited, "the daemon bound its own sockets instead of systemd's"
+
+
+def test_readme_moves_a_running_install_to_the_socket(guest: nspawn.Machine) -> None:
+    guest.run(["systemctl", "disable", "--now", SOCKET_UNIT, UNIT], timeout=60)
+    guest.run(["systemctl", "start", UNIT], timeout=120)  # as installed before the socket unit
+    wait_active(guest)
+    refused = guest.run(["systemctl", "start", SOCKET_UNIT], check=False, timeout=60)
+    assert refused.returncode != 0, "the README's order would be needless"
+    guest.run(["systemctl", "reset-failed", SOCKET_UNIT], check=False)
+    readme(guest, "systemd-socket-upgrade")
+    wait_active(guest)
+    assert guest.show(SOCKET_UNIT, "ActiveState")["ActiveState"] == "active"
+    assert imds_credentials(guest)["Code"] == "Success"
+    guest.run(["systemctl", "disable", "--now", SOCKET_UNIT, UNIT], timeout=60)
 
 
 def test_a_bad_config_is_not_restarted(guest: nspawn.Machine) -> None:

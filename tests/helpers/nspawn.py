@@ -6,11 +6,11 @@ Works on hosts WITHOUT systemd or dbus as PID 1 (this project's CI machines): no
 - :func:`root_tarball` debootstraps a minimal bookworm root once (keyed by its package list) into
   ``$CS_TEST_CACHE`` (default ``/var/cache/credential-sidecar-test``);
 - :func:`wheelhouse` builds the project wheel (from a copy of the tree: an in-tree ``pip wheel``
-  leaves ``build/`` behind) and its dependency wheels on the host;
-- :func:`venv_layers` installs them OFFLINE into a venv made by the guest's own python3, as cached
-  overlay layers (dependencies, then the project);
-- :class:`Machine` mounts an overlayfs (layers + base), boots it, runs commands, and always
-  cleans up: overlay, cgroups, nspawn's leftovers, stray ``nsenter`` parents.
+  leaves ``build/`` behind) and caches its dependency and build-backend wheels on the host, so
+  the README's ``pip install .`` runs OFFLINE in the guest (``PIP_NO_INDEX``/``PIP_FIND_LINKS``);
+- :func:`source_copy` copies the tree as a clone has it;
+- :class:`Machine` mounts an overlayfs over the base, copies files in, boots it, runs commands,
+  and always cleans up: overlay, cgroups, nspawn's leftovers, stray ``nsenter`` parents.
 """
 
 from __future__ import annotations
@@ -177,7 +177,9 @@ def wheelhouse(src: Path) -> Path:
     if sys.version_info[:2] != (3, 11):
         raise RuntimeError(f"wheels for bookworm need CPython 3.11, not {sys.version}")
     project = tomllib.loads((src / "pyproject.toml").read_text())
-    deps = sorted(project["project"]["dependencies"])
+    # the build backend too: README's `pip install .` then builds offline from this house
+    deps = sorted([*project["project"]["dependencies"], *project["build-system"]["requires"],
+                   "wheel"])
     key = hashlib.sha256(("cp311\n" + "\n".join(deps) + "\n").encode()).hexdigest()[:16]
     house = CACHE / f"wheels-{key}"
     with locked(CACHE / f"wheels-{key}.lock"):
@@ -193,12 +195,17 @@ def wheelhouse(src: Path) -> Path:
             old.unlink()
         build_env = _build_env(project["build-system"]["requires"])
         with tempfile.TemporaryDirectory() as copy:
-            ignore = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "node_modules",
-                                            "__pycache__", ".hypothesis", ".*_cache")
-            shutil.copytree(src, copy, ignore=ignore, dirs_exist_ok=True, symlinks=True)
+            source_copy(src, Path(copy))
             _pip(str(build_env / "bin/python"), "wheel", "-q", "--no-deps",
                  "--no-build-isolation", "--no-index", copy, "-w", str(house))
     return house
+
+
+def source_copy(src: Path, dst: Path) -> None:
+    """The source tree as a clone has it: no venv, build output, caches or node_modules."""
+    ignore = shutil.ignore_patterns(".git", ".venv", "build", "dist", "wheels", "*.egg-info",
+                                    "node_modules", "__pycache__", ".hypothesis", ".*_cache")
+    shutil.copytree(src, dst, ignore=ignore, dirs_exist_ok=True, symlinks=True)
 
 
 def _build_env(requires: list[str]) -> Path:
@@ -299,7 +306,10 @@ class Machine:
         for src, dst in self.copies:
             target = self.root / dst.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target)
+            if src.is_dir():
+                shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True)
+            else:
+                shutil.copy2(src, target)
 
     def nspawn_command(self, *, boot: bool = True, extra: Sequence[str] = ()) -> list[str]:
         cmd = ["systemd-nspawn", "--quiet", f"--directory={self.root}", f"--machine={self.name}",
@@ -534,66 +544,3 @@ def sweep() -> None:
         if match and not _alive(int(match.group(1))):
             log(f"removing the leftover machine {name}")
             Machine(name, Path("unused.tar.zst")).stop()
-
-
-def build_layer(tarball: Path, key: str, script: str, *, lower: Sequence[Path] = (),
-                binds: Sequence[tuple[Path, str]] = ()) -> Path:
-    """Run ``script`` once in a non-booted nspawn of base + ``lower`` (no network) and keep what
-    it wrote (the overlay's upper dir) as a cached layer."""
-    layer = CACHE / "layers" / key
-    done = layer.with_name(key + ".complete")
-    with locked(layer.with_name(key + ".lock")):
-        if done.exists():
-            return layer
-        started = time.monotonic()
-        machine = Machine(f"layer{os.getpid()}", tarball, layers=lower)
-        try:
-            machine.prepare()
-            extra = [f"--bind-ro={src}:{dst}" for src, dst in binds]
-            cmd = machine.nspawn_command(boot=False,
-                                         extra=[*extra, "/bin/sh", "-ec", script])
-            result = subprocess.run(cmd, env=machine.env(), preexec_fn=machine._preexec(),
-                                    stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                    timeout=900, check=False)
-            if result.returncode != 0:
-                raise RuntimeError(f"layer {key} failed ({result.returncode}):\n"
-                                   f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-            _run(["umount", str(machine.root)])
-            for _, dst in binds:  # nspawn's empty mount points
-                with contextlib.suppress(OSError):
-                    (machine.run_dir / "upper" / dst.lstrip("/")).rmdir()
-            shutil.rmtree(layer, ignore_errors=True)
-            layer.parent.mkdir(parents=True, exist_ok=True)
-            (machine.run_dir / "upper").rename(layer)
-            done.touch()
-        finally:
-            machine.stop()
-        log(f"layer {key} in {time.monotonic() - started:.1f}s")
-    return layer
-
-
-def venv_layers(tarball: Path, wheels: Path) -> list[Path]:
-    """[project layer, dependency layer] (topmost first): /opt/credential-sidecar made by the
-    guest's python3 with the host-built wheels installed offline, and
-    /usr/bin/credential-sidecar (the unit's ExecStart=) pointing into it."""
-    project = sorted(wheels.glob("credential_sidecar-*.whl"))
-    if len(project) != 1:
-        raise RuntimeError(f"expected one project wheel in {wheels}, found {project}")
-    deps = sorted(w for w in wheels.glob("*.whl") if w not in project)
-    digest = hashlib.sha256(f"{tarball.name}\n{VENV}\n".encode())
-    for wheel in deps:
-        digest.update(wheel.name.encode() + b"\n")
-    deps_layer = build_layer(
-        tarball, f"deps-{digest.hexdigest()[:16]}",
-        f"python3 -m venv {VENV}\n"
-        f"{VENV}/bin/pip install -q --no-index --no-deps --no-cache-dir "
-        "--disable-pip-version-check " + " ".join(f"/wheels/{w.name}" for w in deps),
-        binds=[(wheels, "/wheels")])
-    digest.update(project[0].read_bytes())
-    project_layer = build_layer(
-        tarball, f"project-{digest.hexdigest()[:16]}",
-        f"{VENV}/bin/pip install -q --no-index --no-cache-dir --disable-pip-version-check "
-        f"--find-links /wheels /wheels/{project[0].name}\n"
-        f"ln -sf {VENV}/bin/credential-sidecar /usr/bin/credential-sidecar\n",
-        lower=[deps_layer], binds=[(wheels, "/wheels")])
-    return [project_layer, deps_layer]

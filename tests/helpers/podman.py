@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import re
 import resource
-import shutil
 import subprocess
 import tempfile
 import time
@@ -23,9 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests.helpers import nspawn
+from tests.helpers.readme import block
 
-HERE = Path(__file__).resolve().parent
-IMAGE = "localhost/credential-sidecar:test"
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "localhost/credential-sidecar:latest"  # what README's build tags
+DEFAULT_BASE = "docker.io/library/python:3.11-slim-bookworm"  # the Containerfile's BASE
 
 
 def engine() -> tuple[list[str], dict[str, str]]:
@@ -78,27 +79,32 @@ def base_image(tarball: Path) -> str:
     return tag
 
 
-def build_image(tarball: Path, wheels: Path, tag: str = IMAGE) -> str:
-    """Build tests/helpers/Containerfile (target app) with --network=none: nothing is fetched.
+def build_image(tarball: Path, wheels: Path) -> str:
+    """README's "container-build" block, verbatim, in a clean copy of the source: wheels on
+    the host (offline, from ``wheels`` through pip's environment), then the top-level
+    Containerfile with --network=none. Its default BASE, a registry image, is the imported
+    debootstrap root tagged with that name: nothing is pulled.
 
     Only old dangling images are pruned afterwards: the untagged stage-1 images are the cache."""
-    base = base_image(tarball)
-    with tempfile.TemporaryDirectory() as context:
-        ctx = Path(context)
-        shutil.copy(HERE / "Containerfile", ctx / "Containerfile")
-        (ctx / "wheels-deps").mkdir()
-        (ctx / "wheels-project").mkdir()
-        for wheel in wheels.glob("*.whl"):
-            project = wheel.name.startswith("credential_sidecar-")
-            sub = "wheels-project" if project else "wheels-deps"
-            shutil.copy(wheel, ctx / sub / wheel.name)
+    podman("tag", base_image(tarball), DEFAULT_BASE)
+    _, env = engine()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        nspawn.source_copy(ROOT, src)
+        (src / ".venv").symlink_to(ROOT / ".venv")  # README command 1 made it
         started = time.monotonic()
-        podman("build", "-q", "--format", "docker", "--network=none", "--build-arg",
-               f"BASE={base}", "--target", "app", "-t", tag, str(ctx), timeout=900)
-        nspawn.log(f"image {tag} built in {time.monotonic() - started:.1f}s")
+        result = subprocess.run(
+            ["/bin/bash", "-euo", "pipefail", "-c", block("container-build")], cwd=src,
+            env={**env, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels),
+                 "PIP_DISABLE_PIP_VERSION_CHECK": "1", "SOURCE_DATE_EPOCH": "315532800"},
+            capture_output=True, text=True, timeout=900, check=False)
+        if result.returncode != 0:
+            raise AssertionError(f"README container-build failed:\n{result.stdout[-2000:]}\n"
+                                 f"{result.stderr[-3000:]}")
+        nspawn.log(f"image {IMAGE} built in {time.monotonic() - started:.1f}s")
     # Dangling images are this build's layer cache: keep a week of them, not every build's
     podman("image", "prune", "-f", "--filter", "until=168h", check=False)
-    return tag
+    return IMAGE
 
 
 def digest(text: str) -> str:
