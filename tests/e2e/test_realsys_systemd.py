@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,8 @@ EMULATOR = "127.0.0.1:9990"
 IMDS, CONTAINER, HEALTH = "127.0.0.1:9911", "127.0.0.1:9912", "127.0.0.1:9913"
 CONTROL = "/run/credential-sidecar/control.sock"
 SOURCE = "/root/credential-sidecar"
+ALICE, BOB = 2001, 2002  # an app user the connection names, and one it does not
+PYTHON = "/opt/credential-sidecar/bin/python"  # has botocore: the guest's SDK client
 TOKEN = "/run/credential-sidecar/reports.token"
 
 pytestmark = [
@@ -68,6 +71,7 @@ session_name = "reports-systemd"
 duration_seconds = 3600
 endpoint = "http://{EMULATOR}"
 container_token_file = "{TOKEN}"
+allowed_uids = [{ALICE}]
 """
 
 
@@ -135,6 +139,11 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Machine]:
     machine = nspawn.Machine(f"cs-sd-{os.getpid()}", tarball, copies=copies)
     with machine:
         readme(machine, "systemd-install")
+        # two app users, both in the control socket's group (README, "Who may use it")
+        machine.sh(f"""
+            useradd -u {ALICE} -m alice && useradd -u {BOB} -m bob
+            usermod -aG credential-sidecar alice && usermod -aG credential-sidecar bob
+        """)
         # the operator's edit: this suite's config and certificate
         machine.write("/etc/credential-sidecar/config.toml", CONFIG)
         machine.run(["install", "-m", "0644", "/root/reports.crt", "/etc/credential-sidecar/"])
@@ -246,6 +255,91 @@ def test_container_door_and_control_socket(guest: nspawn.Machine) -> None:
     out = guest.run(["credential-sidecar", "credential-process", "reports",
                      "--socket", CONTROL]).stdout
     assert json.loads(out)["Version"] == 1
+
+
+def as_user(m: nspawn.Machine, user: str, *argv: str,
+            env: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return m.run(["runuser", "-u", user, "--", "env", *env, *argv], check=False)
+
+
+BOTOCORE = ("import botocore.session; c = botocore.session.get_session().get_credentials(); "
+            "print(c.get_frozen_credentials().access_key if c else 'none')")
+
+
+def test_each_app_user_gets_only_what_its_connection_allows(guest: nspawn.Machine) -> None:
+    """alice (allowed_uids) gets the set through botocore on both doors and credential-process;
+    bob, also in the socket's group, gets nothing anywhere, and no secret reaches the journal."""
+    wait_active(guest)
+    imds = (f"AWS_EC2_METADATA_SERVICE_ENDPOINT=http://{IMDS}/", "AWS_CONFIG_FILE=/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE=/dev/null")
+    container = (f"AWS_CONTAINER_CREDENTIALS_FULL_URI=http://{CONTAINER}/v1/credentials/reports",
+                 f"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={TOKEN}", "AWS_CONFIG_FILE=/dev/null",
+                 "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_EC2_METADATA_DISABLED=true")
+    for door in (imds, container):
+        assert as_user(guest, "alice", PYTHON, "-c", BOTOCORE, env=door).stdout.strip() \
+            in issued(guest), door
+        refused = as_user(guest, "bob", PYTHON, "-c", BOTOCORE, env=door)
+        assert refused.stdout.strip() not in issued(guest), door
+    assert as_user(guest, "bob", "cat", TOKEN).returncode != 0, "bob reads alice's token"
+    process = ("credential-sidecar", "credential-process", "reports", "--socket", CONTROL)
+    allowed = as_user(guest, "alice", *process)
+    assert allowed.returncode == 0, allowed.stderr
+    secret = json.loads(allowed.stdout)["SecretAccessKey"]
+    refused = as_user(guest, "bob", *process)
+    assert refused.returncode == 1 and f"uid {BOB} may not read connection reports" \
+        in refused.stderr, refused
+    status = as_user(guest, "bob", "credential-sidecar", "status", "--config",
+                     "/etc/credential-sidecar/config.toml")
+    assert status.returncode == 0 and secret not in status.stdout, status
+    journal = guest.run(["journalctl", "-o", "cat", "--no-pager"]).stdout
+    assert secret not in journal and "reports" in journal
+
+
+POLLER = f"""
+import json, sys, time, urllib.request
+ok = errors = 0
+first = None
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        put = urllib.request.Request("http://{IMDS}/latest/api/token", method="PUT",
+                                     headers={{"X-aws-ec2-metadata-token-ttl-seconds": "60"}})
+        token = urllib.request.urlopen(put, timeout=5).read().decode()
+        get = urllib.request.Request("http://{IMDS}/{h.IMDS_CREDS}reports",
+                                     headers={{"X-aws-ec2-metadata-token": token}})
+        assert json.loads(urllib.request.urlopen(get, timeout=5).read())["Code"] == "Success"
+        ok += 1
+    except Exception as exc:
+        errors += 1
+        first = first or repr(exc)
+    time.sleep(0.01)
+print(json.dumps({{"ok": ok, "errors": errors, "first": first}}))
+"""
+
+
+def test_restarts_under_polling_clients_answer_no_error_with_the_socket(
+    guest: nspawn.Machine,
+) -> None:
+    """systemd holds the ports: a client that connects while the daemon restarts waits in the
+    queue. Three restarts under a client polling every 10 ms: not one error."""
+    guest.run(["systemctl", "start", SOCKET_UNIT, UNIT], timeout=120)
+    wait_active(guest)
+    guest.write("/root/poll.py", POLLER)
+    poller = subprocess.Popen(
+        ["nsenter", f"--target={guest.leader}", "--all", "--root", "--wd", "env", "-i",
+         *nspawn.GUEST_ENV, PYTHON, "/root/poll.py", "12"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        for _ in range(3):
+            guest.run(["systemctl", "restart", UNIT], timeout=120)
+            time.sleep(1)
+        out, err = poller.communicate(timeout=60)
+    finally:
+        poller.kill()
+    result = json.loads(out)
+    nspawn.log(f"polling through 3 socket-activated restarts: {result}")
+    assert result["ok"] > 50 and result["errors"] == 0, (result, err[-2000:])
 
 
 def test_reload_keeps_the_process_and_serving(guest: nspawn.Machine) -> None:
