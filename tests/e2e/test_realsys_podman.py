@@ -126,8 +126,13 @@ def daemon_logs(pod: dict[str, Any]) -> str:
     return (result.stdout + result.stderr)[-4000:]
 
 
-def app_run(pod: dict[str, Any], code: str) -> str:
-    env = [f"--env={e['name']}={e['value']}" for e in pod["app"]["env"]]
+def app_run(pod: dict[str, Any], code: str, env: list[str] | None = None,
+            container_door: bool = True) -> str:
+    """``code`` in the app container, with the manifest's environment (or without its
+    container-door variables) plus ``env``."""
+    env = [f"--env={e['name']}={e['value']}" for e in pod["app"]["env"]
+           if container_door or not e["name"].startswith("AWS_CONTAINER_")] + \
+        [f"--env={e}" for e in env or []]
     mount = pod["app"]["volumeMounts"][0]["mountPath"]
     result = pm.podman(
         "run", "--rm", "--pod", pod["name"], "--name", pod["containers"][3], "--read-only",
@@ -161,6 +166,10 @@ def test_the_manifest_runs_as_a_pod(pod: dict[str, Any]) -> None:
     key_id = app_run(pod, BOTOCORE)
     stats = json.loads(app_run(pod, STATS))
     assert key_id in [c["accessKeyId"] for c in stats["issued"]]
+    # the IMDS door, for programs that know nothing else, on the same loopback
+    over_imds = app_run(pod, BOTOCORE, env=["AWS_EC2_METADATA_SERVICE_ENDPOINT="
+                                            "http://127.0.0.1:9911/"], container_door=False)
+    assert over_imds == key_id
     # SIGTERM (podman stop) -> the daemon finishes and exits 0
     pm.podman("stop", "-t", "20", pod["daemon"])
     code = pm.podman("inspect", pod["daemon"], "--format", "{{.State.ExitCode}}").stdout.strip()
