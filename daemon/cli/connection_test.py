@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from credential_sidecar.clock import SystemClock
@@ -37,10 +38,12 @@ class StepFailed(Exception):
 
 class ConnectionTest:
     def __init__(self, connection: AccessKeysConnection | RolesAnywhereConnection,
-                 endpoint_url: str | None, out: TextIO) -> None:
+                 endpoint_url: str | None, out: TextIO, daemon_ca_bundle: Path | None = None
+                 ) -> None:
         self.connection = connection
         self.endpoint_url = endpoint_url
         self.out = out
+        self.daemon_ca_bundle = daemon_ca_bundle  # [daemon] ca_bundle: trusted as the daemon does
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -65,13 +68,14 @@ class ConnectionTest:
 
             if self.endpoint_url and not c.endpoint:
                 c = c.model_copy(update={"endpoint": self.endpoint_url})
-            source = AccessKeySource(c, SystemClock(), learn=False)
+            source = AccessKeySource(c, SystemClock(), learn=False,
+                                     daemon_ca_bundle=self.daemon_ca_bundle)
             how = (f"AssumeRole {c.role_arn}" if c.role_arn else "GetSessionToken") + (
                 f" with {c.access_key_id}")
         else:
             from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource
 
-            source = RolesAnywhereSource(c, SystemClock())
+            source = RolesAnywhereSource(c, SystemClock(), daemon_ca_bundle=self.daemon_ca_bundle)
             how = f"Roles Anywhere CreateSession for {c.role_arn}"
         try:
             creds: Credentials = await source.fetch()
@@ -88,6 +92,7 @@ class ConnectionTest:
         from aiobotocore.session import AioSession
 
         from credential_sidecar.upstream.aws_clients import CALL_ERRORS, boto_config, call_error
+        from credential_sidecar.upstream.network import resolve_ca_bundle
 
         c = self.connection
         mode = ("AssumeRole" if c.role_arn else "GetSessionToken") if isinstance(
@@ -96,10 +101,12 @@ class ConnectionTest:
         creds = await self.credentials()
         sts_url, s3_url = self.endpoints()
         session = AioSession()
+        bundle = resolve_ca_bundle(c.ca_bundle, self.daemon_ca_bundle)
 
         def client(service: str, endpoint: str | None) -> Any:
             return session.create_client(
                 service, region_name=c.region, endpoint_url=endpoint,
+                verify=str(bundle) if bundle is not None else None,
                 aws_access_key_id=creds.access_key_id,
                 aws_secret_access_key=creds.secret_access_key,
                 aws_session_token=creds.session_token, config=boto_config(15.0))
@@ -132,7 +139,7 @@ def run(config_path: str, name: str, *, endpoint_url: str | None = None,
 
     logs.configure("console", "error", stream=err)
     try:
-        _, connection = load_connection(config_path, name)
+        config, connection = load_connection(config_path, name)
     except ConfigError as exc:
         print(exc, file=err)
         return BAD_CONFIG
@@ -142,7 +149,7 @@ def run(config_path: str, name: str, *, endpoint_url: str | None = None,
     except ValueError as exc:
         print(f"--endpoint-url: {exc}", file=err)
         return BAD_CONFIG
-    test = ConnectionTest(connection, endpoint_url, out)
+    test = ConnectionTest(connection, endpoint_url, out, config.daemon.ca_bundle)
     try:
         asyncio.run(test.run())
     except StepFailed as failed:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers import fake_aws as fa
 from tests.helpers import harness as h
+from tests.helpers.moto_tls import run_moto_tls
 
 BUCKETS = ("first-bucket", "second-bucket")
 
@@ -170,3 +171,25 @@ def test_an_exposed_secret_file_fails_step_1_and_names_the_fix(
     assert done.returncode == 4
     assert "has mode 0640" in done.stdout and "chmod 600" in done.stdout
     assert key.secret not in done.stdout + done.stderr
+
+
+def test_the_daemons_ca_bundle_is_trusted_as_the_daemon_trusts_it(tmp_path: Path) -> None:
+    """An STS behind a private CA named in [daemon] ca_bundle: every step trusts it, as the
+    running daemon would; without it, step 1 names the TLS failure."""
+    with run_moto_tls(tmp_path / "moto") as moto:
+        key = fa.Key("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "any")
+        conn = fa.access_key_connection("app", key, tmp_path / "app.secret", moto.url)
+        config = tmp_path / "config.toml"
+        daemon = {"state_dir": str(tmp_path / "state")}
+        env = h.clean_env()
+        config.write_text(h.to_toml({"daemon": daemon, "connections": [conn]}))
+        untrusted = subprocess.run([*h.CLI, "test-connection", "app", "--config", str(config)],
+                                   capture_output=True, text=True, timeout=90, env=env)
+        config.write_text(h.to_toml({"daemon": {**daemon, "ca_bundle": str(moto.ca_pem)},
+                                     "connections": [conn]}))
+        trusted = subprocess.run([*h.CLI, "test-connection", "app", "--config", str(config)],
+                                 capture_output=True, text=True, timeout=90, env=env)
+    assert untrusted.returncode == 4 and "[1/3] credentials: FAILED" in untrusted.stdout
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    assert "[3/3] s3:ListBuckets: ok" in trusted.stdout
+    assert key.secret not in trusted.stdout + trusted.stderr
