@@ -1,11 +1,11 @@
-"""The real daemon under real systemd 252 (PID 1 of a Debian 12 guest in systemd-nspawn), with the
-production unit files from systemd/ installed unchanged, as README's "Running under systemd" says.
+"""The real daemon under real systemd 252 (PID 1 of a Debian 12 guest in systemd-nspawn), installed
+and started by README's "Installing on Debian/Ubuntu with systemd" blocks, run verbatim.
 
-The guest is a cached debootstrap root (tests/helpers/nspawn.py); the daemon is the project's wheel
-installed offline in a venv, /usr/bin/credential-sidecar. Its upstream is the Roles Anywhere
-emulator, run in the guest as a transient unit. The guest has no network but its loopback.
-First run on a fresh machine: ~7 min on 2 loaded cores (debootstrap, wheels, layers, all cached
-afterwards in /var/cache/credential-sidecar-test); then ~30 s.
+The guest is a cached debootstrap root (tests/helpers/nspawn.py) with a copy of the clone; pip
+finds the project's build backend and dependencies offline in a host-built wheelhouse. Its
+upstream is the Roles Anywhere emulator, run in the guest as a transient unit. The guest has no
+network but its loopback. With an empty cache ~5 min on 2 cores (debootstrap, wheels; cached
+afterwards in /var/cache/credential-sidecar-test); then ~2 min.
 """
 
 from __future__ import annotations
