@@ -234,6 +234,16 @@ def test_the_sandbox_is_in_force(guest: nspawn.Machine) -> None:
         holder = max((m for m in mounts if path == m[4] or path.startswith(m[4].rstrip("/") + "/")),
                      key=lambda m: len(m[4]))
         assert "ro" in holder[5].split(","), (path, holder)
+    # probed as the daemon sees the system: its mounts, its uid
+    gid = status["Gid"].split()[0]
+    inside = ["nsenter", f"--target={pid}", "--mount", f"--setuid={uid}", f"--setgid={gid}"]
+    guest.run(["install", "-d", "-o", "credential-sidecar", "/srv/cs-probe"])  # its own dir
+    wrote = guest.run([*inside, "touch", "/srv/cs-probe/file"], check=False)
+    assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr, wrote
+    home = guest.run([*inside, "ls", "/home/alice"], check=False)
+    assert home.returncode != 0, "ProtectHome= did not hide /home"
+    key = guest.run([*inside, "cat", "/etc/credential-sidecar/private/reports.key"], check=False)
+    assert key.returncode != 0, "the service user reads the root-only key store"
 
 
 def test_journal_carries_the_json_log(guest: nspawn.Machine) -> None:
@@ -317,6 +327,26 @@ print(json.dumps({{"ok": ok, "errors": errors, "first": first}}))
 """
 
 
+def poll_through_restarts(m: nspawn.Machine, restarts: int = 3) -> dict[str, Any]:
+    """A client in the guest fetching from IMDS every 10 ms while the service restarts."""
+    m.write("/root/poll.py", POLLER)
+    poller = subprocess.Popen(
+        ["nsenter", f"--target={m.leader}", "--all", "--root", "--wd", "env", "-i",
+         *nspawn.GUEST_ENV, PYTHON, "/root/poll.py", str(4 + 3 * restarts)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        for _ in range(restarts):
+            m.run(["systemctl", "restart", UNIT], timeout=120)
+            time.sleep(1)
+        out, err = poller.communicate(timeout=60)
+    finally:
+        poller.kill()
+    result: dict[str, Any] = json.loads(out)
+    result["stderr"] = err[-2000:]
+    return result
+
+
 def test_restarts_under_polling_clients_answer_no_error_with_the_socket(
     guest: nspawn.Machine,
 ) -> None:
@@ -324,22 +354,9 @@ def test_restarts_under_polling_clients_answer_no_error_with_the_socket(
     queue. Three restarts under a client polling every 10 ms: not one error."""
     guest.run(["systemctl", "start", SOCKET_UNIT, UNIT], timeout=120)
     wait_active(guest)
-    guest.write("/root/poll.py", POLLER)
-    poller = subprocess.Popen(
-        ["nsenter", f"--target={guest.leader}", "--all", "--root", "--wd", "env", "-i",
-         *nspawn.GUEST_ENV, PYTHON, "/root/poll.py", "12"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(2)
-        for _ in range(3):
-            guest.run(["systemctl", "restart", UNIT], timeout=120)
-            time.sleep(1)
-        out, err = poller.communicate(timeout=60)
-    finally:
-        poller.kill()
-    result = json.loads(out)
-    nspawn.log(f"polling through 3 socket-activated restarts: {result}")
-    assert result["ok"] > 50 and result["errors"] == 0, (result, err[-2000:])
+    result = poll_through_restarts(guest)
+    nspawn.log(f"polling through 3 restarts with the socket unit: {result}")
+    assert result["ok"] > 50 and result["errors"] == 0, result
 
 
 def test_reload_keeps_the_process_and_serving(guest: nspawn.Machine) -> None:
@@ -348,6 +365,27 @@ def test_reload_keeps_the_process_and_serving(guest: nspawn.Machine) -> None:
     after = wait_active(guest)
     assert after["MainPID"] == before["MainPID"]
     assert imds_credentials(guest)["Code"] == "Success"
+
+
+def test_a_reload_with_a_bad_config_is_refused_and_serving_goes_on(guest: nspawn.Machine) -> None:
+    before = wait_active(guest)
+    good = guest.run(["cat", "/etc/credential-sidecar/config.toml"]).stdout
+    guest.write("/etc/credential-sidecar/config.toml", good + "\n[nonsense]\nkey = 1\n")
+    try:
+        guest.run(["systemctl", "reload", UNIT], timeout=60)
+        h.wait_for(lambda: "reload refused" in guest.show(UNIT, "StatusText")["StatusText"],
+                   timeout=30, what="STATUS= saying the reload was refused")
+        after = wait_active(guest)
+        assert after["MainPID"] == before["MainPID"]
+        assert imds_credentials(guest)["Code"] == "Success"
+        errors = [r for r in guest.journal(UNIT) if r.get("PRIORITY") == "3"
+                  and "nonsense" in str(r.get("MESSAGE"))]
+        assert errors, "the refusal is not in `journalctl -p err`"
+    finally:
+        guest.write("/etc/credential-sidecar/config.toml", good)
+    guest.run(["systemctl", "reload", UNIT], timeout=60)
+    h.wait_for(lambda: "reload refused" not in guest.show(UNIT, "StatusText")["StatusText"],
+               timeout=30, what="STATUS= back to normal after a good reload")
 
 
 def test_restart_serves_the_cached_set_without_asking_upstream(guest: nspawn.Machine) -> None:
@@ -401,6 +439,9 @@ def test_readme_moves_a_running_install_to_the_socket(guest: nspawn.Machine) -> 
     guest.run(["systemctl", "disable", "--now", SOCKET_UNIT, UNIT], timeout=60)
     guest.run(["systemctl", "start", UNIT], timeout=120)  # as installed before the socket unit
     wait_active(guest)
+    without = poll_through_restarts(guest)  # what the socket unit is for
+    nspawn.log(f"polling through 3 restarts without the socket unit: {without}")
+    assert without["ok"] > 50 and without["errors"] > 0, without
     refused = guest.run(["systemctl", "start", SOCKET_UNIT], check=False, timeout=60)
     assert refused.returncode != 0, "the README's order would be needless"
     guest.run(["systemctl", "reset-failed", SOCKET_UNIT], check=False)
