@@ -3,62 +3,21 @@
 SDKs run this whenever their credentials near expiry, so it imports only the standard library and
 never calls the upstream: it asks the running daemon for its cached set over the control socket.
 Exit 0 with the Version 1 JSON on stdout; exit 1 with one line on stderr otherwise.
+
+The command lives in ``credential_sidecar.client`` (self-contained, so that it also runs as the
+``credential-sidecar-process`` script under ``python3 -I -S``); this is its place in the CLI.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from credential_sidecar.client import Unreachable, ask, socket_from_config
+from credential_sidecar.client import DEFAULT_CONFIG, PROG, configure_parser, run
+from credential_sidecar.client import main as client_main
 
-DEFAULT_CONFIG = "/etc/credential-sidecar/config.toml"
-PROG = "credential-sidecar"
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="the connection to print credentials for")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--config", help=f"read [control] socket from here (default: {DEFAULT_CONFIG})"
-    )
-    where.add_argument("--socket", help="the daemon's control socket")
-
-
-def _fail(message: str) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr)
-    return 1
-
-
-def run(name: str, *, config: str | None = None, socket_path: str | None = None) -> int:
-    if socket_path is None:
-        config = config or DEFAULT_CONFIG
-        try:
-            found = socket_from_config(config)
-        except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            return _fail(f"cannot read {config}: {reason}; or pass --socket PATH")
-        if found is None:
-            return _fail(f"{config} has no [control] socket; or pass --socket PATH")
-        socket_path = str(found)
-    try:
-        answer = ask(Path(socket_path), {"op": "credentials", "name": name})
-    except Unreachable as exc:
-        return _fail(f"daemon not reachable at {socket_path}: {exc}")
-    if answer.get("ok") is not True or not isinstance(answer.get("credentials"), dict):
-        return _fail(str(answer.get("message") or "the daemon refused without a reason"))
-    print(json.dumps(answer["credentials"]))
-    return 0
+__all__ = ["DEFAULT_CONFIG", "PROG", "configure_parser", "main", "run"]
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} credential-process",
-        description="Print a connection's credential_process JSON from the running daemon.",
-    )
-    configure_parser(parser)
-    args = parser.parse_args(argv)
-    return run(args.name, config=args.config, socket_path=args.socket)
+    """The command as ``credential-sidecar credential-process``, with that name in its usage."""
+    return client_main(argv, prog=f"{PROG} credential-process")

@@ -296,6 +296,37 @@ def test_credential_process_errors_are_one_clear_line(stack: Stack, tmp_path: Pa
              f"{config} has no [control] socket; or pass --socket PATH")
 
 
+
+SCRIPT = Path(sys.executable).with_name("credential-sidecar-process")
+
+
+def test_the_script_answers_as_the_command_does(stack: Stack, tmp_path: Path) -> None:
+    """credential-sidecar-process (python3 -I -S, no argparse for these) and the CLI command:
+    the same stdout, stderr and exit code, byte for byte, for answers and refusals."""
+    if not SCRIPT.exists():
+        pytest.skip(f"{SCRIPT} is not installed (pip install -e . installs it)")
+    config = tmp_path / "no-control.toml"
+    config.write_text('[health]\nlisten = "127.0.0.1:0"\n')
+    sock = str(stack.socket)
+    cases = [["app", "--socket", sock], ["--socket=" + sock, "app"],
+             ["app", "--config", str(stack.daemon.config_path)], ["nope", "--socket", sock],
+             ["app", "--socket", str(tmp_path / "absent.sock")], ["app", "--config", str(config)],
+             ["app", "--config", str(tmp_path / "absent.toml")],
+             ["app", "--socket", sock, "--config", str(config)], ["--sock", sock, "app"], []]
+    for args in cases:
+        ours = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=30,
+                              env=h.clean_env(), cwd="/")
+        cli = stack.process("credential-process", *args)
+        assert ours.returncode == cli.returncode, (args, ours.stderr, cli.stderr)
+        assert ours.stdout == cli.stdout, args
+        if cli.returncode == 2:  # argparse: its usage names the program, the error line too
+            usage = "credential-sidecar credential-process"
+            last = cli.stderr.splitlines()[-1].replace(usage, "credential-sidecar-process")
+            assert ours.stderr.splitlines()[-1] == last, args
+        else:
+            assert ours.stderr == cli.stderr, args
+
+
 # --- status ----------------------------------------------------------------------------------
 
 

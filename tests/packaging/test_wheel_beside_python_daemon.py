@@ -48,6 +48,15 @@ def test_wheel_and_python_daemon_coexist(tmp_path: Path) -> None:
                              cwd="/", text=True, timeout=120, check=False)
     assert checked.returncode in (0, 2) and "Traceback" not in checked.stderr, checked.stderr
 
+    # credential_process's own script: runs itself under the venv's python3 -I -S.
+    script = venv / "bin" / "credential-sidecar-process"
+    assert script.read_text() == (ROOT / "daemon" / "client.py").read_text()
+    absent = subprocess.run([script, "app", "--socket", "/nonexistent/control.sock"],
+                            capture_output=True, text=True, timeout=60, cwd="/", check=False)
+    assert (absent.returncode, absent.stdout, absent.stderr) == (1, "", (
+        "credential-sidecar: daemon not reachable at /nonexistent/control.sock: "
+        "No such file or directory\n"))
+
     ours = sorted(p.relative_to(site) for p in (site / "credential_sidecar").rglob("*.py"))
     assert Path("credential_sidecar/server.py") in ours
     _run(py, "-m", "pip", "uninstall", "-y", "-q", "python-daemon")
