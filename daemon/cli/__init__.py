@@ -190,11 +190,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["credential-process"]:
-        # SDKs run this often: no argparse for the usual arguments (see client.main).
-        from credential_sidecar.client import PROG
-        from credential_sidecar.client import main as credential_process
+        # SDKs run this often: skip the full parser (and argparse, for NAME --socket PATH).
+        from credential_sidecar.cli.credential_process import main as credential_process
 
-        return credential_process(argv[1:], prog=f"{PROG} credential-process")
+        return credential_process(argv[1:])
     command = argv[0] if argv and any(argv[0] == row[0] for row in COMMANDS) else None
     args = build_parser(command).parse_args(argv)
     try:

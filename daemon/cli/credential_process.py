@@ -4,20 +4,84 @@ SDKs run this whenever their credentials near expiry, so it imports only the sta
 never calls the upstream: it asks the running daemon for its cached set over the control socket.
 Exit 0 with the Version 1 JSON on stdout; exit 1 with one line on stderr otherwise.
 
-The command lives in ``credential_sidecar.client`` (self-contained, so that it also runs as the
-``credential-sidecar-process`` script under ``python3 -I -S``); this is its place in the CLI.
+``NAME --socket PATH`` needs neither argparse nor tomllib (``client.quick_args``); the script
+``credential-sidecar-process`` (``client.py`` run as a file) answers that shape alone, without
+even ``site``, and execs this command for every other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from typing import TYPE_CHECKING
 
-from credential_sidecar.client import DEFAULT_CONFIG, PROG, configure_parser, run
-from credential_sidecar.client import main as client_main
+from credential_sidecar.client import print_credentials, quick_args
 
-__all__ = ["DEFAULT_CONFIG", "PROG", "configure_parser", "main", "run"]
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from pathlib import Path
+
+DEFAULT_CONFIG = "/etc/credential-sidecar/config.toml"
+PROG = "credential-sidecar"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the connection to print credentials for")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--config", help=f"read [control] socket from here (default: {DEFAULT_CONFIG})"
+    )
+    where.add_argument("--socket", help="the daemon's control socket")
+
+
+def socket_from_config(config_path: str) -> Path | None:
+    """``[control] socket`` from a config file (relative to it), or None when not configured.
+
+    Only TOML is parsed here, not the whole schema: a caller needs the path, not a validation.
+    Raises OSError or ValueError when the file cannot be read or parsed.
+    """
+    import tomllib
+    from pathlib import Path
+
+    path = Path(config_path)
+    with path.open("rb") as handle:
+        data = tomllib.load(handle)
+    control = data.get("control")
+    if not isinstance(control, dict) or not isinstance(control.get("socket"), str):
+        return None
+    socket_path = Path(control["socket"])
+    return socket_path if socket_path.is_absolute() else path.absolute().parent / socket_path
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 1
+
+
+def run(name: str, *, config: str | None = None, socket_path: str | None = None) -> int:
+    if socket_path is None:
+        config = config or DEFAULT_CONFIG
+        try:
+            found = socket_from_config(config)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            return _fail(f"cannot read {config}: {reason}; or pass --socket PATH")
+        if found is None:
+            return _fail(f"{config} has no [control] socket; or pass --socket PATH")
+        socket_path = str(found)
+    return print_credentials(name, socket_path)
 
 
 def main(argv: Sequence[str]) -> int:
-    """The command as ``credential-sidecar credential-process``, with that name in its usage."""
-    return client_main(argv, prog=f"{PROG} credential-process")
+    quick = quick_args(argv)
+    if quick is not None:
+        return print_credentials(*quick)
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} credential-process",
+        description="Print a connection's credential_process JSON from the running daemon.",
+    )
+    configure_parser(parser)
+    args = parser.parse_args(argv)
+    return run(args.name, config=args.config, socket_path=args.socket)

@@ -28,6 +28,7 @@ from tests.helpers import harness as h
 
 CLIENT = Path(credential_sidecar.client.__file__)
 SCRIPT = Path(sys.executable).with_name("credential-sidecar-process")
+SOURCE = Path(__file__).resolve().parents[2] / "scripts" / "credential-sidecar-process"
 CREDENTIALS = {"Version": 1, "AccessKeyId": "ASIAEXAMPLEEXAMPLE01", "SecretAccessKey": "s/é+",
                "SessionToken": "t\u2603oken", "Expiration": "2026-12-01T00:00:00Z"}
 HEAVY = {"pydantic", "aiohttp", "cryptography", "structlog", "botocore", "aiobotocore",
@@ -78,16 +79,18 @@ def test_the_script_loads_builtins_only(control: Path) -> None:
     assert done.stdout == json.dumps(CREDENTIALS) + "\n"
     loaded = _imported(done.stderr)
     assert not loaded & (HEAVY | {"json", "socket", "re", "enum", "typing", "pathlib", "site"})
-    assert loaded <= {"_socket", "_json", "__future__", "encodings", "encodings.utf_8",
+    assert loaded <= {"_socket", "_json", "encodings", "encodings.utf_8",
                       "encodings.aliases", "codecs", "_codecs", "io", "abc", "_abc", "_signal",
                       "_io", "marshal", "posix", "_frozen_importlib_external", "time",
                       "zipimport"}, loaded
 
 
 def test_the_installed_script_runs_itself_without_site(control: Path) -> None:
+    """(An editable install has no package in site-packages: the script runs the command then;
+    tests/packaging checks the fast path from a built wheel.)"""
     if not SCRIPT.exists():
         pytest.skip(f"{SCRIPT} is not installed (pip install -e . installs it)")
-    assert SCRIPT.read_text() == CLIENT.read_text(), "reinstall: the script is a copy"
+    assert SCRIPT.read_text() == SOURCE.read_text(), "reinstall: the script is a copy"
     probe = "import sys; print(sys.flags.no_site, sys.flags.isolated, file=sys.stderr)"
     done = subprocess.run([str(SCRIPT), "app", "--socket", str(control)], capture_output=True,
                           text=True, timeout=30)
