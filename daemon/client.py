@@ -118,6 +118,25 @@ def ask(
     return answer
 
 
+def socket_from_config(config_path: str) -> "Path | None":
+    """``[control] socket`` from a config file (relative to it), or None when not configured.
+
+    Only TOML is parsed here, not the whole schema: a caller needs the path, not a validation.
+    Raises OSError or ValueError when the file cannot be read or parsed.
+    """
+    import tomllib
+    from pathlib import Path
+
+    path = Path(config_path)
+    with path.open("rb") as handle:
+        data = tomllib.load(handle)
+    control = data.get("control")
+    if not isinstance(control, dict) or not isinstance(control.get("socket"), str):
+        return None
+    socket_path = Path(control["socket"])
+    return socket_path if socket_path.is_absolute() else path.absolute().parent / socket_path
+
+
 def _fail(message: str) -> int:
     print(f"{PROG}: {message}", file=sys.stderr)
     return 1

@@ -14,12 +14,11 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from credential_sidecar.client import print_credentials, quick_args
+from credential_sidecar.client import print_credentials, quick_args, socket_from_config
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
-    from pathlib import Path
 
 DEFAULT_CONFIG = "/etc/credential-sidecar/config.toml"
 PROG = "credential-sidecar"
@@ -32,25 +31,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--config", help=f"read [control] socket from here (default: {DEFAULT_CONFIG})"
     )
     where.add_argument("--socket", help="the daemon's control socket")
-
-
-def socket_from_config(config_path: str) -> Path | None:
-    """``[control] socket`` from a config file (relative to it), or None when not configured.
-
-    Only TOML is parsed here, not the whole schema: a caller needs the path, not a validation.
-    Raises OSError or ValueError when the file cannot be read or parsed.
-    """
-    import tomllib
-    from pathlib import Path
-
-    path = Path(config_path)
-    with path.open("rb") as handle:
-        data = tomllib.load(handle)
-    control = data.get("control")
-    if not isinstance(control, dict) or not isinstance(control.get("socket"), str):
-        return None
-    socket_path = Path(control["socket"])
-    return socket_path if socket_path.is_absolute() else path.absolute().parent / socket_path
 
 
 def _fail(message: str) -> int:
