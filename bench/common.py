@@ -32,6 +32,14 @@ from tests.helpers import harness as h  # noqa: E402
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 SERVER_CPU = "0"  # the process under test
+# The libraries `run` cannot do without for one Roles Anywhere connection: HTTP server and client,
+# signing and the cache's AES-GCM, config validation, logs, /metrics. The start-up and memory
+# floors (bench/startup.py, bench/memory.py) are a process that imports these and nothing else.
+FLOOR_IMPORTS = ("asyncio", "ssl", "aiohttp", "aiohttp.web", "cryptography.x509",
+                 "cryptography.hazmat.primitives.ciphers.aead",
+                 "cryptography.hazmat.primitives.asymmetric.ec",
+                 "cryptography.hazmat.primitives.serialization", "pydantic.main", "structlog",
+                 "prometheus_client")
 LOAD_CPU = "1"  # wrk, and the emulator that stands in for AWS
 
 

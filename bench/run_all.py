@@ -22,6 +22,7 @@ BENCHMARKS = {
     "serving": "Serving: IMDS fetch and container GET next to a bare aiohttp floor and moto",
     "renewing": "Serving while 1 000 connections renew",
     "cold_start": "Cold start at scale",
+    "startup": "Start-up from the cache next to its import floor",
     "renewal_cpu": "CPU per renewal",
     "memory": "Memory",
     "credential_process": "credential-process",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -45,12 +46,26 @@ from credential_sidecar.state.records import ConnectionRecords
 from credential_sidecar.state.tokens import TokenKeeper
 from credential_sidecar.state.trust import check_state_dir
 from credential_sidecar.systemd.activation import SocketPool
-from credential_sidecar.upstream.access_keys import AccessKeySource
 from credential_sidecar.upstream.base import CredentialSource
 from credential_sidecar.upstream.hardware.factory import key_store
 from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource, account_of
 
+if TYPE_CHECKING:  # imported when the first access-key connection is built: aiobotocore is heavy
+    from credential_sidecar.upstream.access_keys import AccessKeySource
+
 log = logs.get_logger()
+
+_ACCESS_KEYS = "credential_sidecar.upstream.access_keys"
+
+
+def _key_source(source: CredentialSource | None) -> AccessKeySource | None:
+    """The source when it is an access-key one, without importing aiobotocore to find out: no
+    access-key source exists until its module (and aiobotocore with it) has been imported."""
+    if _ACCESS_KEYS not in sys.modules:
+        return None
+    from credential_sidecar.upstream.access_keys import AccessKeySource
+
+    return source if isinstance(source, AccessKeySource) else None
 # (aiohttp app, Address, host guard or None[, hop limit])
 Door = tuple[Any, Any, HostGuard | None] | tuple[Any, Any, HostGuard | None, int]
 IMDS_ALIASES = ("169.254.169.254", "fd00:ec2::254")  # EC2's IPv4 and IPv6 IMDS addresses
@@ -84,6 +99,8 @@ class Daemon:
             return RolesAnywhereSource(connection, self.clock, http=self.http,
                                        daemon_ca_bundle=self.config.daemon.ca_bundle)
         if isinstance(connection, AccessKeysConnection):
+            from credential_sidecar.upstream.access_keys import AccessKeySource
+
             return AccessKeySource(connection, self.clock,
                                    warn_after_days=self.config.daemon.key_age_warning_days,
                                    daemon_ca_bundle=self.config.daemon.ca_bundle)
@@ -102,8 +119,8 @@ class Daemon:
             identity = source.identity.current()
             row["certificate_not_after"] = iso_z(identity.not_after) if identity else None
             row["key_store"] = key_store(getattr(c, "private_key", None))
-        if isinstance(source, AccessKeySource):
-            row.update(source.describe())  # key id, key age, whose key
+        if (keys := _key_source(source)) is not None:
+            row.update(keys.describe())  # key id, key age, whose key
         row["optional"] = c.optional
         if self.credential_files is not None:
             row["credentials_files"] = [str(f.path) for f in self.credential_files.files
@@ -354,8 +371,8 @@ class Daemon:
         key_fields = {"access_key_id", "secret_access_key_file", "created"}
         if before.model_copy(update={k: getattr(after, k) for k in key_fields}) != after:
             return False
-        source = self._manager().sources.get(after.name)
-        if not isinstance(source, AccessKeySource):
+        source = _key_source(self._manager().sources.get(after.name))
+        if source is None:
             return False
         await source.update(after)
         self._manager().refresh_now(after.name)
@@ -366,8 +383,8 @@ class Daemon:
     async def _recheck_identity(self, name: str) -> None:
         """Re-read certificate files; a new certificate gets a new set at once."""
         source = self._manager().sources.get(name)
-        if isinstance(source, AccessKeySource):
-            if await source.secret_changed():
+        if (keys := _key_source(source)) is not None:
+            if await keys.secret_changed():
                 log.info("secret access key file changed on disk, renewing", connection=name)
                 self._manager().refresh_now(name)
             return

@@ -5,9 +5,12 @@ Imports are deferred to each command so that short-lived commands start fast.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # argparse is imported when a parser is built: credential-process needs none
+    import argparse
 
 DEFAULT_CONFIG = "/etc/credential-sidecar/config.toml"
 
@@ -140,8 +143,8 @@ def _rotate_keys_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint-url", help="send the IAM and STS calls here (a test server)")
 
 
-Handler = Callable[[argparse.Namespace], int]
-Arguments = Callable[[argparse.ArgumentParser], None]
+Handler = Callable[["argparse.Namespace"], int]
+Arguments = Callable[["argparse.ArgumentParser"], None]
 
 # name, help, its arguments, its handler: one row a command, in the order --help lists them.
 COMMANDS: tuple[tuple[str, str, Arguments, Handler], ...] = (
@@ -163,7 +166,11 @@ COMMANDS: tuple[tuple[str, str, Arguments, Handler], ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every command; with ``only``, that command's arguments alone are set up (the others stay
+    listed in --help), so ``run`` does not import the emulator's options, and aiohttp with them."""
+    import argparse
+
     from credential_sidecar import __version__
 
     parser = argparse.ArgumentParser(
@@ -174,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text, arguments, handler in COMMANDS:
         p = sub.add_parser(name, help=text)
-        arguments(p)
+        if only is None or name == only:
+            arguments(p)
         p.set_defaults(func=handler)
     return parser
 
@@ -182,11 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["credential-process"]:
-        # SDKs run this often: skip the full parser, which imports the emulator (aiohttp ...).
+        # SDKs run this often: skip the full parser (and argparse, for NAME --socket PATH).
         from credential_sidecar.cli.credential_process import main as credential_process
 
         return credential_process(argv[1:])
-    args = build_parser().parse_args(argv)
+    command = argv[0] if argv and any(argv[0] == row[0] for row in COMMANDS) else None
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -3,17 +3,22 @@
 SDKs run this whenever their credentials near expiry, so it imports only the standard library and
 never calls the upstream: it asks the running daemon for its cached set over the control socket.
 Exit 0 with the Version 1 JSON on stdout; exit 1 with one line on stderr otherwise.
+
+``NAME --socket PATH`` needs neither argparse nor tomllib (``client.quick_args``); the script
+``credential-sidecar-process`` (``client.py`` run as a file) answers that shape alone, without
+even ``site``, and execs this command for every other.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from credential_sidecar.client import Unreachable, ask, socket_from_config
+from credential_sidecar.client import print_credentials, quick_args, socket_from_config
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 DEFAULT_CONFIG = "/etc/credential-sidecar/config.toml"
 PROG = "credential-sidecar"
@@ -44,17 +49,15 @@ def run(name: str, *, config: str | None = None, socket_path: str | None = None)
         if found is None:
             return _fail(f"{config} has no [control] socket; or pass --socket PATH")
         socket_path = str(found)
-    try:
-        answer = ask(Path(socket_path), {"op": "credentials", "name": name})
-    except Unreachable as exc:
-        return _fail(f"daemon not reachable at {socket_path}: {exc}")
-    if answer.get("ok") is not True or not isinstance(answer.get("credentials"), dict):
-        return _fail(str(answer.get("message") or "the daemon refused without a reason"))
-    print(json.dumps(answer["credentials"]))
-    return 0
+    return print_credentials(name, socket_path)
 
 
 def main(argv: Sequence[str]) -> int:
+    quick = quick_args(argv)
+    if quick is not None:
+        return print_credentials(*quick)
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog=f"{PROG} credential-process",
         description="Print a connection's credential_process JSON from the running daemon.",

@@ -296,6 +296,45 @@ def test_credential_process_errors_are_one_clear_line(stack: Stack, tmp_path: Pa
              f"{config} has no [control] socket; or pass --socket PATH")
 
 
+
+def _installed_script(root: Path) -> Path:
+    """The script in a venv-like layout (bin/, lib/pythonX.Y/site-packages/credential_sidecar),
+    the package linked in, so it takes its fast path: an editable install has no such copy."""
+    repo = Path(__file__).resolve().parents[2]
+    bin_dir = root / "bin"
+    site = root / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    bin_dir.mkdir(parents=True)
+    site.mkdir(parents=True)
+    (site / "credential_sidecar").symlink_to(repo / "daemon")
+    (bin_dir / "python3").symlink_to(sys.executable)
+    (bin_dir / "credential-sidecar").symlink_to(Path(sys.executable).with_name(
+        "credential-sidecar"))
+    script = bin_dir / "credential-sidecar-process"
+    shutil.copy(repo / "scripts" / "credential-sidecar-process", script)
+    return script
+
+
+def test_the_script_answers_as_the_command_does(stack: Stack, tmp_path: Path) -> None:
+    """credential-sidecar-process (python3 -I -S, the installed client; the full command for
+    other arguments) and the CLI command: the same stdout, stderr and exit code, byte for byte."""
+    script = _installed_script(tmp_path / "venv")
+    config = tmp_path / "no-control.toml"
+    config.write_text('[health]\nlisten = "127.0.0.1:0"\n')
+    sock = str(stack.socket)
+    cases = [["app", "--socket", sock], ["--socket=" + sock, "app"],
+             ["app", "--config", str(stack.daemon.config_path)], ["nope", "--socket", sock],
+             ["app", "--socket", str(tmp_path / "absent.sock")], ["app", "--config", str(config)],
+             ["app", "--config", str(tmp_path / "absent.toml")],
+             ["app", "--socket", sock, "--config", str(config)], ["--sock", sock, "app"], []]
+    for args in cases:
+        ours = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=30,
+                              env=h.clean_env(), cwd="/")
+        cli = stack.process("credential-process", *args)
+        assert ours.returncode == cli.returncode, (args, ours.stderr, cli.stderr)
+        assert ours.stdout == cli.stdout, args
+        assert ours.stderr == cli.stderr, args
+
+
 # --- status ----------------------------------------------------------------------------------
 
 

@@ -48,6 +48,24 @@ def test_wheel_and_python_daemon_coexist(tmp_path: Path) -> None:
                              cwd="/", text=True, timeout=120, check=False)
     assert checked.returncode in (0, 2) and "Traceback" not in checked.stderr, checked.stderr
 
+    # credential_process's own script: runs the installed client under the venv's python3 -I -S,
+    # from its compiled bytecode, with builtin modules only.
+    script = venv / "bin" / "credential-sidecar-process"
+    assert script.read_text() == (ROOT / "scripts" / "credential-sidecar-process").read_text()
+    absent = subprocess.run([script, "app", "--socket", "/nonexistent/control.sock"],
+                            capture_output=True, text=True, timeout=60, cwd="/", check=False)
+    assert (absent.returncode, absent.stdout, absent.stderr) == (1, "", (
+        "credential-sidecar: daemon not reachable at /nonexistent/control.sock: "
+        "No such file or directory\n"))
+    traced = subprocess.run([venv / "bin" / "python3", "-I", "-S", "-X", "importtime", script,
+                             "app", "--socket", "/nonexistent/control.sock"],
+                            capture_output=True, text=True, timeout=60, cwd="/", check=False)
+    loaded = {line.split("|")[-1].strip() for line in traced.stderr.splitlines()
+              if line.startswith("import time:")}
+    assert {"credential_sidecar", "credential_sidecar.client", "_socket"} <= loaded, loaded
+    assert not loaded & {"site", "os", "json", "socket", "argparse", "tomllib", "pathlib"}
+    assert (site / "credential_sidecar" / "__pycache__").is_dir(), "pip compiled the package"
+
     ours = sorted(p.relative_to(site) for p in (site / "credential_sidecar").rglob("*.py"))
     assert Path("credential_sidecar/server.py") in ours
     _run(py, "-m", "pip", "uninstall", "-y", "-q", "python-daemon")
