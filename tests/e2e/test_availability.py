@@ -310,10 +310,9 @@ def test_sigterm_is_bounded_even_with_a_half_sent_request(tmp_path: Path) -> Non
 
 def test_socket_activated_restarts_never_answer_an_error(tmp_path: Path) -> None:
     """The test holds the listening sockets as systemd's .socket unit does; the daemon is
-    stopped and started again and again while clients poll: every answer is a set.
-
-    Known gap (issue 11 stays open): on a loaded machine a few connections in ~500 are still
-    reset while the old process stops; those are counted and reported, not yet ruled out."""
+    stopped and started again and again while clients poll: every answer is a set, and no
+    connection is ever reset or closed unanswered (the old process stops accepting before it
+    closes anything, and answers every connection it accepted; the rest wait in the queue)."""
     material = h.make_pki(tmp_path / "pki")
     with h.emulator(tmp_path, [material.ca_file]) as emu:
         conns = _connections(material, emu.url, 8)
@@ -341,8 +340,6 @@ def test_socket_activated_restarts_never_answer_an_error(tmp_path: Path) -> None
         finally:
             held.close()
         assert len(pollers.answers) > 100
-        answered_badly = [a for a in pollers.failures() if a[2] != -1]
-        assert not answered_badly, answered_badly[:5]
         resets = [a for a in pollers.failures() if a[2] == -1]
         print(f"connection resets during 8 restarts: {len(resets)} of {len(pollers.answers)}")
-        assert len(resets) <= len(pollers.answers) // 20, resets[:5]
+        assert not pollers.failures(), pollers.failures()[:5]
