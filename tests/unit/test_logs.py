@@ -59,6 +59,25 @@ def test_scrub_replaces_what_a_longest_first_regex_would(secrets: list[str], tex
     assert registry.scrub(text) == expected
 
 
+@settings(max_examples=300, deadline=None)
+@given(secrets=st.lists(st.text("abc", min_size=8, max_size=30), max_size=8),
+       evicted=st.integers(0, 8), text=st.text("abcx", max_size=120))
+def test_the_strided_look_finds_every_secret_the_full_scan_would(
+        secrets: list[str], evicted: int, text: str) -> None:
+    """Lines are first looked at every few characters (SecretRegistry's prefilter): the answer is
+    still the leftmost-longest replacement, for secrets of every length, across evictions."""
+    registry = logs.SecretRegistry(limit=max(1, len(secrets) - evicted))
+    registry.add(*secrets)
+    kept = list(registry._order)  # what eviction left
+    for secret in kept[: len(kept) // 2]:  # secrets placed in the text, at any offset
+        text = text[: len(text) // 2] + secret + text[len(text) // 2 :]
+    expected = text
+    if kept:
+        ordered = sorted(set(kept), key=len, reverse=True)
+        expected = re.sub("|".join(map(re.escape, ordered)), logs.REDACTED, text)
+    assert registry.scrub(text) == expected
+
+
 def test_scrub_finds_every_secret_among_thousands() -> None:
     registry = logs.SecretRegistry(limit=4096)
     values = [f"secret-{i:05d}-{'x' * (i % 7)}" for i in range(4096)]
