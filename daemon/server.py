@@ -93,6 +93,7 @@ class Daemon:
         self.credential_files: CredentialsFiles | None = None  # [[credentials_file]]
         self._chores: list[asyncio.Task[None]] = []
         self.access: Access | None = None  # built with the first TCP door (_access)
+        self._by_name: tuple[Config | None, dict[str, Any]] = (None, {})  # see _grantee
 
     def _source(self, connection: object) -> CredentialSource:
         if isinstance(connection, RolesAnywhereConnection):
@@ -226,10 +227,13 @@ class Daemon:
         return body
 
     def _grantee(self, name: str) -> Any:
-        try:
-            return self.config.connection(name)
-        except KeyError:
-            return None
+        """Asked on every credential request: a dict per config, not a scan of its connections
+        (Config.connection), which cost each request time in proportion to their number."""
+        config, by_name = self._by_name
+        if config is not self.config:
+            config, by_name = self._by_name = (
+                self.config, {c.name: c for c in reversed(self.config.connections)})  # first wins
+        return by_name.get(name)
 
     async def _start_control(self) -> None:
         if self.config.control is None:
