@@ -8,6 +8,7 @@ secrets the daemon has registered as it handled them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -25,6 +26,13 @@ _SENSITIVE_KEY = re.compile(
     r"(secret|password|passphrase|session_?token|authorization|private_?key|^token$|credentials?$)",
     re.IGNORECASE,
 )
+
+
+@functools.lru_cache(maxsize=1024)
+def _sensitive(key: str) -> bool:
+    """Whether a field's name says it holds a secret; remembered, as the same few names come
+    with every line (the regex cost a fifth of the redaction of an audit line)."""
+    return _SENSITIVE_KEY.search(key) is not None
 
 
 class SecretRegistry:
@@ -137,7 +145,7 @@ def _clean(value: Any, registry: SecretRegistry) -> Any:
         return registry.scrub(value)
     if isinstance(value, dict):
         return {
-            k: REDACTED if _SENSITIVE_KEY.search(str(k)) else _clean(v, registry)
+            k: REDACTED if _sensitive(str(k)) else _clean(v, registry)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
@@ -157,7 +165,7 @@ class RedactSecrets:
         self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for key, value in list(event_dict.items()):
-            if _SENSITIVE_KEY.search(key):
+            if _sensitive(key):
                 event_dict[key] = REDACTED
             else:
                 event_dict[key] = _clean(value, self.registry)
