@@ -295,6 +295,10 @@ def test_each_app_user_gets_only_what_its_connection_allows(guest: nspawn.Machin
     allowed = as_user(guest, "alice", *process)
     assert allowed.returncode == 0, allowed.stderr
     secret = json.loads(allowed.stdout)["SecretAccessKey"]
+    # README's credential_process line: the script pip installed, under python3 -I -S
+    script = as_user(guest, "alice", "/opt/credential-sidecar/bin/credential-sidecar-process",
+                     "reports", "--socket", CONTROL)
+    assert script.returncode == 0 and json.loads(script.stdout) == json.loads(allowed.stdout)
     refused = as_user(guest, "bob", *process)
     assert refused.returncode == 1 and f"uid {BOB} may not read connection reports" \
         in refused.stderr, refused
