@@ -81,6 +81,22 @@ def _aad(name: str, binding: str) -> bytes:
     return b"credential-sidecar cache v1\0" + name.encode() + b"\0" + binding.encode()
 
 
+def seal_blob(aead: AESGCM, magic: bytes, aad: bytes, plain: bytes) -> bytes:
+    """``magic``, a fresh nonce and the AES-GCM ciphertext: the one sealed-file format in
+    state_dir (cached sets, kept container tokens)."""
+    nonce = secrets.token_bytes(NONCE)
+    return magic + nonce + aead.encrypt(nonce, plain, aad)
+
+
+def open_blob(aead: AESGCM, magic: bytes, aad: bytes, blob: bytes) -> bytes:
+    """The plain text of a :func:`seal_blob` file; ValueError for a truncated or foreign file,
+    InvalidTag for one sealed under another key or for another purpose."""
+    if len(blob) < len(magic) + NONCE + 16 or not blob.startswith(magic):
+        raise ValueError("not a credential-sidecar cache file (truncated or foreign)")
+    nonce = blob[len(magic) : len(magic) + NONCE]
+    return aead.decrypt(nonce, blob[len(magic) + NONCE :], aad)
+
+
 def seal(key: bytes, name: str, binding: str, creds: Credentials) -> bytes:
     document = {
         "access_key_id": creds.access_key_id,
@@ -90,18 +106,13 @@ def seal(key: bytes, name: str, binding: str, creds: Credentials) -> bytes:
         "issued_at": iso_z(creds.issued_at),
         "account_id": creds.account_id,
     }
-    nonce = secrets.token_bytes(NONCE)
-    sealed = AESGCM(key).encrypt(nonce, json.dumps(document).encode(), _aad(name, binding))
-    return MAGIC + nonce + sealed
+    return seal_blob(AESGCM(key), MAGIC, _aad(name, binding), json.dumps(document).encode())
 
 
 def unseal(key: bytes, name: str, binding: str, blob: bytes) -> Credentials:
     """Raises ValueError for anything that is not our own intact file for this binding."""
-    if len(blob) < len(MAGIC) + NONCE + 16 or not blob.startswith(MAGIC):
-        raise ValueError("not a credential-sidecar cache file (truncated or foreign)")
-    nonce = blob[len(MAGIC) : len(MAGIC) + NONCE]
     try:
-        plain = AESGCM(key).decrypt(nonce, blob[len(MAGIC) + NONCE :], _aad(name, binding))
+        plain = open_blob(AESGCM(key), MAGIC, _aad(name, binding), blob)
     except InvalidTag:
         raise ValueError(
             "does not open with this key for this connection's current identity "

@@ -11,7 +11,6 @@ writes that same token back when the file is missing. A token the operator write
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -19,11 +18,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from credential_sidecar.files import atomic_write
 from credential_sidecar.logs import SECRETS, get_logger
-from credential_sidecar.state.cache import derive_key
+from credential_sidecar.state.cache import derive_key, open_blob, seal_blob
 
 log = get_logger()
 MAGIC = b"CST1"
-NONCE = 12
 
 
 class TokenKeeper:
@@ -52,12 +50,11 @@ class TokenKeeper:
             return None
         with os.fdopen(fd, "rb") as file:
             blob = file.read(4096)
-        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + NONCE + 16:
-            return None
-        nonce, sealed = blob[len(MAGIC):len(MAGIC) + NONCE], blob[len(MAGIC) + NONCE:]
         try:
-            token = self._aead.decrypt(nonce, sealed, self._aad(name)).decode("ascii")
-        except (InvalidTag, UnicodeDecodeError):
+            token = open_blob(self._aead, MAGIC, self._aad(name), blob).decode("ascii")
+        except ValueError:  # truncated or foreign: no kept token
+            return None
+        except InvalidTag:  # (a file that opens was sealed by us, from ASCII)
             log.warning("kept container token ignored: it does not open with this cache key",
                         connection=name, path=str(self._path(name)))
             return None
@@ -66,8 +63,7 @@ class TokenKeeper:
 
     def remember(self, name: str, token: str) -> None:
         """Keep ``token`` for ``name`` (a failure is logged: the token file itself still works)."""
-        nonce = secrets.token_bytes(NONCE)
-        blob = MAGIC + nonce + self._aead.encrypt(nonce, token.encode("ascii"), self._aad(name))
+        blob = seal_blob(self._aead, MAGIC, self._aad(name), token.encode("ascii"))
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             atomic_write(self._path(name), blob, mode=0o600)
