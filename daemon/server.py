@@ -22,6 +22,7 @@ from credential_sidecar.config.model import (
 )
 from credential_sidecar.credentials import iso_z
 from credential_sidecar.doors.access import Access, ConnectionGate
+from credential_sidecar.doors.audit import AuditTrail
 from credential_sidecar.doors.container import ALIASES as CONTAINER_ALIASES
 from credential_sidecar.doors.container import ContainerApp
 from credential_sidecar.doors.container_tokens import TokenBook
@@ -199,7 +200,7 @@ class Daemon:
         """One Access for every TCP door: the kernel's peer lookup, the per-connection cache,
         the allowed_uids/allowed_gids rule, the audit trail."""
         if self.access is None:
-            self.access = Access(PeerFinder(), self._grantee,
+            self.access = Access(PeerFinder(), self._grantee, AuditTrail(self.clock),
                                  record_use=self._manager().record_use,
                                  count=self._metrics().handout)
         return self.access

@@ -9,7 +9,7 @@ those groups; a connection with neither is served to any local user, as before. 
 cannot name (a client on another host, through ``allow_non_loopback``) is refused for a
 connection that names uids or gids.
 
-Every hand-out and every refusal is an audit log line (door, connection, uid, access key id;
+Every hand-out and every refusal goes to the audit trail (doors/audit.py: a line per new fact,
 never a secret), a count in ``credential_sidecar_handouts_total{door,connection,result}`` and,
 for hand-outs, a row of the connection's ``used_by`` in /status (peer ``uid:1001``).
 """
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from credential_sidecar.credentials import Credentials
+from credential_sidecar.doors.audit import AuditTrail
 from credential_sidecar.doors.peers import Grantee, Peer, PeerFinder, admits, restricted
 from credential_sidecar.logs import get_logger
 
@@ -45,12 +46,14 @@ class Access:
         self,
         finder: PeerFinder,
         connection: Callable[[str], Grantee | None],
+        audit: AuditTrail,
         *,
         record_use: Callable[[str, str, str], None] | None = None,
         count: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.finder = finder
         self.connection = connection
+        self.audit = audit
         self.record_use = record_use
         self.count = count
         self._peers: weakref.WeakKeyDictionary[asyncio.BaseTransport, object] = (
@@ -98,8 +101,7 @@ class Access:
         if peer is not None and admits(conn, peer):
             return None
         who = str(peer) if peer is not None else "a peer the kernel cannot name"
-        log.warning("credentials refused", audit=True, door=door, connection=name,
-                    uid=peer.uid if peer else None, remote=request.remote)
+        self.audit.refused(door, name, peer.uid if peer else None, request.remote)
         if self.count is not None:
             self.count(door, name, "refused")
         if peer is None:
@@ -110,8 +112,7 @@ class Access:
     async def served(self, request: web.Request, door: str, name: str,
                      creds: Credentials) -> None:
         peer = await self.peer(request)
-        log.info("credentials handed out", audit=True, door=door, connection=name,
-                 uid=peer.uid if peer else None, access_key_id=creds.access_key_id)
+        self.audit.served(door, name, peer.uid if peer else None, creds.access_key_id)
         if self.count is not None:
             self.count(door, name, "served")
         if self.record_use is not None:

@@ -125,6 +125,7 @@ def test_every_hand_out_is_audited_counted_and_recorded(stack: Stack) -> None:
     stack.imds(stack.alice, "app")
     stack.imds(stack.carol, "app")
     stack.container(stack.alice, "app")
+    stack.container(stack.alice, "app")  # the same set again: counted, not logged again
     after = stack.metrics()
 
     def delta(door: str, result: str) -> float:
@@ -134,12 +135,14 @@ def test_every_hand_out_is_audited_counted_and_recorded(stack: Stack) -> None:
 
     assert delta("imds:app", "served") == 1
     assert delta("imds:app", "refused") == 3  # each of the three requests
-    assert delta("container", "served") == 1
+    assert delta("container", "served") == 2
 
     events = stack.daemon.events()
     served = [e for e in events if e.get("event") == "credentials handed out"
               and e.get("uid") == stack.alice.uid]
     assert {e["door"] for e in served} == {"imds:app", "container"}
+    facts = [(e["door"], e["access_key_id"]) for e in served]
+    assert len(facts) == len(set(facts)), "one line per set, user and door"
     for event in served:
         assert event["audit"] is True and event["connection"] == "app"
         assert event["access_key_id"].startswith("ASIA")

@@ -7,8 +7,10 @@ import asyncio
 import pytest
 from aiohttp import web
 
+from credential_sidecar.clock import SystemClock
 from credential_sidecar.doors import listener as listener_module
 from credential_sidecar.doors.access import Access, ConnectionGate
+from credential_sidecar.doors.audit import AuditTrail
 from credential_sidecar.doors.listener import Listener
 from credential_sidecar.doors.peers import PeerFinder
 
@@ -44,7 +46,8 @@ async def _closed(reader: asyncio.StreamReader) -> bool:
 async def test_connections_beyond_a_uids_share_are_closed_at_accept() -> None:
     rejected: list[tuple[str, str]] = []
     finder = PeerFinder()
-    gate = _Gate("test", Access(finder, lambda name: None), max_per_uid=2,
+    access = Access(finder, lambda name: None, AuditTrail(SystemClock()))
+    gate = _Gate("test", access, max_per_uid=2,
                  on_reject=lambda door, reason: rejected.append((door, reason)))
     listener = Listener("test", _app(), "127.0.0.1", 0, gate=gate)
     port = await listener.start()
