@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 
 from credential_sidecar import logs
 from credential_sidecar.clock import Clock, clock_from_env
-from credential_sidecar.config.changes import changed_fields, same_source
+from credential_sidecar.config.changes import changed_fields, only_key_changed, same_source
 from credential_sidecar.config.model import (
     AccessKeysConnection,
     Config,
@@ -20,7 +19,6 @@ from credential_sidecar.config.model import (
     ImdsListener,
     RolesAnywhereConnection,
 )
-from credential_sidecar.credentials import iso_z
 from credential_sidecar.doors.access import Access, ConnectionGate
 from credential_sidecar.doors.audit import AuditTrail
 from credential_sidecar.doors.container import ALIASES as CONTAINER_ALIASES
@@ -48,25 +46,10 @@ from credential_sidecar.state.tokens import TokenKeeper
 from credential_sidecar.state.trust import check_state_dir
 from credential_sidecar.systemd.activation import SocketPool
 from credential_sidecar.upstream.base import CredentialSource
-from credential_sidecar.upstream.hardware.factory import key_store
 from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource, account_of
-
-if TYPE_CHECKING:  # imported when the first access-key connection is built: aiobotocore is heavy
-    from credential_sidecar.upstream.access_keys import AccessKeySource
 
 log = logs.get_logger()
 
-_ACCESS_KEYS = "credential_sidecar.upstream.access_keys"
-
-
-def _key_source(source: CredentialSource | None) -> AccessKeySource | None:
-    """The source when it is an access-key one, without importing aiobotocore to find out: no
-    access-key source exists until its module (and aiobotocore with it) has been imported."""
-    if _ACCESS_KEYS not in sys.modules:
-        return None
-    from credential_sidecar.upstream.access_keys import AccessKeySource
-
-    return source if isinstance(source, AccessKeySource) else None
 # (aiohttp app, Address, host guard or None[, hop limit])
 Door = tuple[Any, Any, HostGuard | None] | tuple[Any, Any, HostGuard | None, int]
 IMDS_ALIASES = ("169.254.169.254", "fd00:ec2::254")  # EC2's IPv4 and IPv6 IMDS addresses
@@ -116,13 +99,9 @@ class Daemon:
         row: dict[str, object] = {"type": c.type, "region": c.region, "notes": c.notes}
         row.update(self.records.row(name))  # id, created, modified
         row["role_arn"] = getattr(c, "role_arn", None)
-        source = self.manager.sources[name] if self.manager else None
-        if isinstance(source, RolesAnywhereSource):
-            identity = source.identity.current()
-            row["certificate_not_after"] = iso_z(identity.not_after) if identity else None
-            row["key_store"] = key_store(getattr(c, "private_key", None))
-        if (keys := _key_source(source)) is not None:
-            row.update(keys.describe())  # key id, key age, whose key
+        source = self.manager.sources.get(name) if self.manager else None
+        if source is not None:  # certificate expiry and key store, or key id and age
+            row.update(source.describe())
         row["optional"] = c.optional
         if self.credential_files is not None:
             row["credentials_files"] = [str(f.path) for f in self.credential_files.files
@@ -357,54 +336,20 @@ class Daemon:
         if before is None:
             await manager.add(name, self._source(after))
             log.info("connection started", connection=name)
-        elif before == after:
-            await self._recheck_identity(name)
+            return
+        source = manager.sources[name]  # every connection of the running config has one
+        if before == after:  # SIGHUP also re-reads certificate and secret key files
+            if await source.recheck():
+                manager.refresh_now(name)
         elif same_source(before, after):
             log.info("connection settings changed; credentials unaffected", connection=name)
-        elif not await self._rekeyed(before, after):
+        elif only_key_changed(before, after) and await source.rekey(after):
+            manager.refresh_now(name)  # the current set stays served until the new key's
+        else:
             reason = "changed " + ", ".join(changed_fields(before, after))
             await manager.replace(name, self._source(after), reason)
             log.info("connection changed: new settings get their first set while the current"
                      " one keeps being served", connection=name, reason=reason)
-
-    async def _rekeyed(self, before: object, after: object) -> bool:
-        """A new long-term key for an access-keys connection (rotate-keys): keep serving the
-        current set, renew with the new key at once. Other changes restart the connection."""
-        if not (isinstance(before, AccessKeysConnection)
-                and isinstance(after, AccessKeysConnection) and before != after):
-            return False
-        key_fields = {"access_key_id", "secret_access_key_file", "created"}
-        if before.model_copy(update={k: getattr(after, k) for k in key_fields}) != after:
-            return False
-        source = _key_source(self._manager().sources.get(after.name))
-        if source is None:
-            return False
-        await source.update(after)
-        self._manager().refresh_now(after.name)
-        log.info("access key changed, renewing with it", connection=after.name,
-                 access_key_id=after.access_key_id)
-        return True
-
-    async def _recheck_identity(self, name: str) -> None:
-        """Re-read certificate files; a new certificate gets a new set at once."""
-        source = self._manager().sources.get(name)
-        if (keys := _key_source(source)) is not None:
-            if await keys.secret_changed():
-                log.info("secret access key file changed on disk, renewing", connection=name)
-                self._manager().refresh_now(name)
-            return
-        if not isinstance(source, RolesAnywhereSource):
-            return
-        before = source.identity.current()
-        try:
-            now = await source.identity.get()
-        except FileError as exc:
-            log.warning("certificate files unreadable, keeping the current set", connection=name,
-                        error=str(exc))
-            return
-        if before is None or before.fingerprint() != now.fingerprint():
-            log.info("certificate changed on disk, renewing", connection=name, serial=now.serial)
-            self._manager().refresh_now(name)
 
     def url(self, door: str) -> str:
         return next(listener.url for listener in self.listeners if listener.door == door)

@@ -13,7 +13,7 @@ import secrets
 
 from credential_sidecar.clock import utc
 from credential_sidecar.credentials import Credentials
-from credential_sidecar.upstream.base import UpstreamError
+from credential_sidecar.upstream.base import FixedIdentity, UpstreamError
 
 
 class FakeClock:
@@ -64,7 +64,7 @@ async def settle(rounds: int = 20) -> None:
         await asyncio.sleep(0)
 
 
-class FakeSource:
+class FakeSource(FixedIdentity):
     """An upstream that issues sets of a fixed lifetime, and can be switched off."""
 
     def __init__(self, clock: FakeClock, lifetime: int, name: str = "conn") -> None:

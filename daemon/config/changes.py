@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from credential_sidecar.config.model import Connection
 
+# What rotate-keys writes: a new long-term key of the same access-keys connection.
+KEY_FIELDS = frozenset({"access_key_id", "secret_access_key_file", "created"})
 # Settings that change who may fetch a connection, or how it is described, but not how its
 # credentials are obtained: a reload that changes only these keeps the set and its schedule.
 NEUTRAL_FIELDS = frozenset(
@@ -23,3 +25,9 @@ def changed_fields(before: Connection, after: Connection) -> list[str]:
 def same_source(before: Connection, after: Connection) -> bool:
     return type(before) is type(after) and set(changed_fields(before, after)) <= NEUTRAL_FIELDS
 
+
+
+def only_key_changed(before: Connection, after: Connection) -> bool:
+    """A key rotation: the connection keeps serving its set and renews with the new key."""
+    changed = set(changed_fields(before, after))
+    return type(before) is type(after) and bool(changed) and changed <= KEY_FIELDS | NEUTRAL_FIELDS

@@ -30,7 +30,7 @@ from botocore.exceptions import (
 
 from credential_sidecar.arn import Arn
 from credential_sidecar.clock import Clock, utc
-from credential_sidecar.config.model import AccessKeysConnection
+from credential_sidecar.config.model import AccessKeysConnection, Connection
 from credential_sidecar.credentials import Credentials, iso_z
 from credential_sidecar.files import FileError, stat_key
 from credential_sidecar.logs import SECRETS, get_logger
@@ -296,6 +296,20 @@ class AccessKeySource:
         await self._close_clients()
 
     # -- a new key (rotation) ---------------------------------------------------------------------
+
+    async def recheck(self) -> bool:
+        if await self.secret_changed():
+            log.info("secret access key file changed on disk, renewing", connection=self.name)
+            return True
+        return False
+
+    async def rekey(self, connection: Connection) -> bool:
+        if not isinstance(connection, AccessKeysConnection):
+            return False
+        await self.update(connection)
+        log.info("access key changed, renewing with it", connection=self.name,
+                 access_key_id=connection.access_key_id)
+        return True
 
     async def update(self, connection: AccessKeysConnection) -> None:
         """Switch to another key of the same connection; the caller renews at once."""

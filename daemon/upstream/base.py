@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Protocol
 
+from credential_sidecar.config.model import Connection
 from credential_sidecar.credentials import Credentials
 
 # Answers that retrying soon will not fix: back off longer and say so plainly.
@@ -67,6 +68,34 @@ class CredentialSource(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    def describe(self) -> dict[str, object]:
+        """What the connection's /status row says about this identity; never a secret."""
+        ...
+
+    async def recheck(self) -> bool:
+        """Re-read the files the identity comes from (a reload that changed no setting): True
+        when they changed and the connection should renew now."""
+        ...
+
+    async def rekey(self, connection: Connection) -> bool:
+        """Take ``connection`` if it differs from the current one only in its long-term key
+        (rotate-keys): True when this source now uses it and should renew at once; False when
+        the change needs a new source."""
+        ...
+
+
+class FixedIdentity:
+    """For sources whose identity no file or key rotation can change (test doubles)."""
+
+    def describe(self) -> dict[str, object]:
+        return {}
+
+    async def recheck(self) -> bool:
+        return False
+
+    async def rekey(self, connection: Connection) -> bool:
+        return False
 
 
 def digest(*parts: object) -> str:

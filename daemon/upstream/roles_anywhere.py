@@ -13,14 +13,15 @@ import aiohttp
 
 from credential_sidecar.arn import Arn
 from credential_sidecar.clock import Clock, utc
-from credential_sidecar.config.model import RolesAnywhereConnection
-from credential_sidecar.credentials import Credentials, parse_time
+from credential_sidecar.config.model import Connection, RolesAnywhereConnection
+from credential_sidecar.credentials import Credentials, iso_z, parse_time
 from credential_sidecar.files import FileError
-from credential_sidecar.logs import SECRETS
+from credential_sidecar.logs import SECRETS, get_logger
 from credential_sidecar.upstream.base import UpstreamError, digest
 from credential_sidecar.upstream.certificate import HardwareSettings, Identity
 from credential_sidecar.upstream.endpoints import EndpointError, resolve_endpoint
 from credential_sidecar.upstream.hardware.base import HardwareKey, HardwareKeyError
+from credential_sidecar.upstream.hardware.factory import key_store
 from credential_sidecar.upstream.identity_source import IdentitySource
 from credential_sidecar.upstream.network import (
     CABundleError,
@@ -32,6 +33,8 @@ from credential_sidecar.upstream.network import (
 )
 from credential_sidecar.upstream.proxy import ProxyConfigError
 from credential_sidecar.upstream.sigv4_x509 import sign_request
+
+log = get_logger()
 
 SERVICE = "rolesanywhere"
 
@@ -243,6 +246,29 @@ class RolesAnywhereSource:
         if self._own_http and self._http is not None:
             await self._http.close()
         await self.identity.close()
+
+    def describe(self) -> dict[str, object]:
+        identity = self.identity.current()
+        return {"certificate_not_after": iso_z(identity.not_after) if identity else None,
+                "key_store": key_store(self.connection.private_key)}
+
+    async def recheck(self) -> bool:
+        """A new certificate (or key) on disk gets a new set at once; unreadable files keep
+        the current one."""
+        before = self.identity.current()
+        try:
+            now = await self.identity.get()
+        except FileError as exc:
+            log.warning("certificate files unreadable, keeping the current set",
+                        connection=self.name, error=str(exc))
+            return False
+        if before is not None and before.fingerprint() == now.fingerprint():
+            return False
+        log.info("certificate changed on disk, renewing", connection=self.name, serial=now.serial)
+        return True
+
+    async def rekey(self, connection: Connection) -> bool:
+        return False  # no long-term key to rotate: a new certificate is a file change
 
 
 __all__ = ["RolesAnywhereSource", "default_endpoint"]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from credential_sidecar.config.changes import changed_fields, only_key_changed, same_source
 from credential_sidecar.config.errors import ConfigError
 from credential_sidecar.config.load import load_config, parse_config
 from credential_sidecar.config.model import (
@@ -832,3 +833,21 @@ def test_two_connections_sharing_a_token_file_are_named_both(tmp_path: Path) -> 
         f'connections[1].container_token_file: connections "a" (connections[0], its default'
         f' token file) and "b" would share the container token file {state}/tokens/a.token:'
         " give each its own"]
+
+
+def test_which_reloads_keep_a_connection_serving() -> None:
+    """Neutral changes keep set and schedule; a rotated key (perhaps with neutral changes) is
+    a rekey; anything else, or a change of type, is a new source."""
+    def conn(data: dict[str, Any]) -> Any:
+        return parse_config(doc(data)).connections[0]
+
+    key = conn(ak())
+    assert same_source(key, conn(ak(notes="moved", allowed_uids=[1001])))
+    rotated = conn(ak(access_key_id="AKIAZZZZZZZZZZZZZZZZ", created="2026-11-30"))
+    assert not same_source(key, rotated) and only_key_changed(key, rotated)
+    assert only_key_changed(key, conn(ak(access_key_id="AKIAZZZZZZZZZZZZZZZZ", notes="moved")))
+    assert not only_key_changed(key, key)
+    assert not only_key_changed(key, conn(ak(access_key_id="AKIAZZZZZZZZZZZZZZZZ",
+                                             region="eu-west-1")))
+    assert not only_key_changed(key, conn(ra()))
+    assert changed_fields(key, rotated) == ["access_key_id", "created"]

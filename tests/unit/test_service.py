@@ -20,10 +20,10 @@ from credential_sidecar.renewal.manager import CredentialManager
 from credential_sidecar.systemd.link import ServiceLink, summary
 from credential_sidecar.systemd.notify import Notifier
 from credential_sidecar.testing import FakeClock
-from credential_sidecar.upstream.base import UpstreamError
+from credential_sidecar.upstream.base import FixedIdentity, UpstreamError
 
 
-class Source:
+class Source(FixedIdentity):
     """Issues 3600 s sets; `gate` holds the first fetch back, `failing` refuses."""
 
     def __init__(self, clock: FakeClock, name: str) -> None:
