@@ -749,38 +749,33 @@ class Soak:
             self.d.start()
         self.gaps.append((kill.real, time.time()))
 
+    def fault_window(self, label: str, faults: dict[str, Any], low: float, high: float,
+                     real_seconds: float, *, backoff: bool = True) -> None:
+        """Upstream ``faults`` while the test clock moves a random stretch (bounded so no held
+        set falls under 60 s), then clear them; ``backoff`` first lets the clock run past the
+        retry backoff's 120 s cap, so renewals resume before the next fault."""
+        self.faults(**faults)
+        moved = self.drift(self.rng.uniform(low, high), real_seconds)
+        self.d.note(f"{label} drift", f"{moved:.0f} s")
+        self.clear_faults()
+        if backoff:
+            self.clock.drift(150, 2)
+        self.settle()
+
     # the faults
     def ev_outage(self) -> None:
-        self.faults(fail_status=503, fail_count=-1)
-        moved = self.drift(self.rng.uniform(1200, 1700), 8)
-        self.d.note("outage drift", f"{moved:.0f} s")
-        self.clear_faults()
-        self.clock.drift(150, 2)  # the retry backoff caps at 120 s
-        self.settle()
+        self.fault_window("outage", {"fail_status": 503, "fail_count": -1}, 1200, 1700, 8)
 
     def ev_throttle(self) -> None:
-        self.faults(throttle_count=-1, retry_after=60)
-        moved = self.drift(self.rng.uniform(900, 1500), 7)
-        self.d.note("throttle drift", f"{moved:.0f} s")
-        self.clear_faults()
-        self.clock.drift(150, 2)
-        self.settle()
+        self.fault_window("throttle", {"throttle_count": -1, "retry_after": 60}, 900, 1500, 7)
 
     def ev_slow(self) -> None:
-        self.faults(delay_seconds=self.rng.choice([2, 3, 4]))
-        moved = self.drift(self.rng.uniform(600, 1200), 8)
-        self.d.note("slow drift", f"{moved:.0f} s")
-        self.clear_faults()
-        self.settle()
+        self.fault_window("slow", {"delay_seconds": self.rng.choice([2, 3, 4])}, 600, 1200, 8,
+                          backoff=False)
 
     def ev_malformed(self) -> None:
         n = max(2, len(self.d.conns) // 3)
-        self.faults(malformed_count=n, empty_count=n)
-        moved = self.drift(self.rng.uniform(900, 1500), 6)
-        self.d.note("malformed drift", f"{moved:.0f} s")
-        self.clear_faults()
-        self.clock.drift(150, 2)
-        self.settle()
+        self.fault_window("malformed", {"malformed_count": n, "empty_count": n}, 900, 1500, 6)
 
     def ev_kill(self) -> None:
         # Half the time with renewals in flight (a slow upstream) when the daemon dies.
