@@ -174,26 +174,62 @@ def check_endpoint(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class ProxyUrl:
+    """A proxy URL taken apart as curl reads one: ``http://`` when no scheme is given; ``port``
+    None when none is given (curl then uses 1080 for http, 443 for https); the user name and
+    password still percent-encoded, as written."""
+
+    scheme: str
+    host: str
+    port: int | None
+    username: str | None
+    password: str | None
+
+    @property
+    def origin(self) -> str:
+        """``scheme://host[:port]``: what a log line may show (no user name or password)."""
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{shown}" + (f":{self.port}" if self.port is not None else "")
+
+
+def split_proxy_url(value: str, *, any_scheme: bool = False) -> ProxyUrl:
+    """Every proxy URL (config keys and the environment's) is read by this one rule; only
+    http and https proxies are supported (``any_scheme`` lets a log line show another).
+
+    Raises ValueError whose message never holds the URL (it may hold a password)."""
+    text = value.strip()
+    head, sep, _ = text.partition("://")
+    if not (sep and head.isascii() and head.replace("+", "").replace("-", "").isalnum()):
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") and not any_scheme:
+        raise ValueError(f"scheme {scheme!r} is not supported (http or https)")
+    if not host:
+        raise ValueError("no host")
+    return ProxyUrl(scheme, host, port, parts.username, parts.password)
+
+
 def check_proxy_url(value: str) -> str:
     """An http(s) proxy as curl reads it (scheme optional), never with credentials inside.
 
     The user name and password live in ``proxy_credentials_file`` (0600), so that neither the
     config nor a log line ever holds them.
     """
-    text = value.strip()
-    if not text:
-        return text  # "" = no proxy at all, the environment ignored (curl -x "")
-    if "://" not in text:
-        text = "http://" + text
+    if not value.strip():
+        return value  # "" = no proxy at all, the environment ignored (curl -x "")
     try:
-        parts = urlsplit(text)
-        host = parts.hostname
-        _ = parts.port
-    except ValueError:
-        raise ValueError("must be a proxy URL like http://proxy.example:3128") from None
-    if parts.scheme.lower() not in ("http", "https") or not host:
-        raise ValueError("must be an http or https proxy URL like http://proxy.example:3128")
-    if parts.username is not None or parts.password is not None:
+        url = split_proxy_url(value)
+    except ValueError as exc:
+        raise ValueError(
+            f"must be an http or https proxy URL like http://proxy.example:3128 ({exc})"
+        ) from None
+    if url.username is not None or url.password is not None:
         raise ValueError(
             "must not carry a user name or password: put user:password in a 0600 file and name"
             " it in proxy_credentials_file"

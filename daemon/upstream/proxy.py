@@ -47,10 +47,11 @@ import base64
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from credential_sidecar.config.values import split_proxy_url
 from credential_sidecar.files import FileError, read_file
 from credential_sidecar.logs import SECRETS
 
@@ -67,7 +68,6 @@ __all__ = [
 ]
 
 CURL_DEFAULT_PROXY_PORT = 1080
-_SCHEMES = ("http", "https")
 
 
 class ProxyConfigError(ValueError):
@@ -237,58 +237,31 @@ def bypass_proxy(host: str, port: int | None, no_proxy: str | None) -> bool:
 # --- proxy URLs ----------------------------------------------------------------------------------
 
 
-def _has_scheme(url: str) -> bool:
-    head, sep, _ = url.partition("://")
-    return bool(sep) and head.isascii() and head.replace("+", "").replace("-", "").isalnum()
-
-
 def normalize_proxy_url(url: str) -> tuple[str, ProxyCredentials | None]:
     """``scheme://host:port`` without userinfo, and the userinfo as ProxyCredentials (or None).
 
     Raises ProxyConfigError (message without the URL's userinfo) for what aiohttp cannot use.
     """
-    text = url.strip()
-    if not _has_scheme(text):
-        text = "http://" + text
     try:
-        parts = urlsplit(text)
-        port = parts.port
+        parts = split_proxy_url(url)
     except ValueError as exc:
-        raise ProxyConfigError(f"proxy URL {redact(url)!r} is not valid: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
-        raise ProxyConfigError(
-            f"proxy URL {redact(url)!r}: scheme {scheme!r} is not supported (http or https)"
-        )
-    host = parts.hostname
-    if not host:
-        raise ProxyConfigError(f"proxy URL {redact(url)!r} has no host")
-    if port is None:
-        port = CURL_DEFAULT_PROXY_PORT if scheme == "http" else 443
-    shown = f"[{host}]" if ":" in host else host
+        raise ProxyConfigError(f"proxy URL {redact(url)!r}: {exc}") from None
+    if parts.port is None:
+        parts = replace(parts, port=CURL_DEFAULT_PROXY_PORT if parts.scheme == "http" else 443)
     auth = None
     if parts.username is not None or parts.password is not None:
         auth = ProxyCredentials(unquote(parts.username or ""), unquote(parts.password or ""))
-    return f"{scheme}://{shown}:{port}", auth
+    return parts.origin, auth
 
 
 def redact(url: str | None) -> str:
     """A proxy URL for logs: scheme, host and port only (userinfo, path, query dropped)."""
     if url is None:
         return "none"
-    text = url.strip()
-    if not _has_scheme(text):
-        text = "http://" + text
     try:
-        parts = urlsplit(text)
-        host = parts.hostname
-        port = parts.port
+        return split_proxy_url(url, any_scheme=True).origin
     except ValueError:
         return "<unparseable proxy URL>"
-    if not host:
-        return "<unparseable proxy URL>"
-    shown = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{shown}" + (f":{port}" if port is not None else "")
 
 
 def load_proxy_credentials(path: str | os.PathLike[str]) -> ProxyCredentials:

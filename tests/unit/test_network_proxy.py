@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from credential_sidecar.config.values import check_proxy_url
 from credential_sidecar.upstream.proxy import (
     ProxyConfigError,
     ProxyCredentials,
@@ -308,3 +309,23 @@ def test_credentials_file_missing_symlink_directory(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir(mode=0o700)
     with pytest.raises(ProxyConfigError, match=r"(?i)is a directory"):
         load_proxy_credentials(tmp_path / "dir")
+
+
+@pytest.mark.parametrize("url", [
+    "proxy:3128", "http://proxy", "HTTPS://proxy:8443", "[::1]:3128", "http://[::1]",
+    "socks5://proxy:1080", "http://:99", "http://proxy:bad", "ftp://proxy", "proxy:3128/path",
+    "u:p@proxy:3128", "http://u@proxy", "  http://proxy:3128  ", "http://proxy:99999",
+])
+def test_the_config_and_the_upstream_read_a_proxy_url_alike(url: str) -> None:
+    """One rule: a config value is accepted exactly when the upstream can use it as is."""
+    try:
+        _, auth = normalize_proxy_url(url)
+        usable = auth is None
+    except ProxyConfigError:
+        usable = False
+    try:
+        check_proxy_url(url)
+        accepted = True
+    except ValueError:
+        accepted = False
+    assert accepted == usable
