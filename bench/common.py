@@ -247,13 +247,14 @@ class Served:
 
 
 @contextlib.contextmanager
-def floor_server(tmp: Path) -> Iterator[Served]:
-    """bench/floor_server.py on the server CPU."""
-    port_file = tmp / "floor.port"
+def floor_server(tmp: Path, *options: str) -> Iterator[Served]:
+    """bench/floor_server.py on the server CPU, with its ``options`` (``--raw``, ``--uvloop``)."""
+    name = "-".join(["floor", *(option.lstrip("-") for option in options)])
+    port_file = tmp / f"{name}.port"
     command = [*pinned(SERVER_CPU), sys.executable, str(BENCH / "floor_server.py"),
-               "--port-file", str(port_file)]
-    with process(command, tmp / "floor.log") as proc:
-        port = wait_port_file(port_file, proc, "the floor server")
+               "--port-file", str(port_file), *options]
+    with process(command, tmp / f"{name}.log") as proc:
+        port = wait_port_file(port_file, proc, f"the floor server ({name})")
         yield Served(f"http://127.0.0.1:{port}", proc.pid)
 
 
@@ -276,7 +277,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         location = /latest/api/token {{ return 200 '{token}'; }}
-        location ~ /$ {{ return 200 'floor'; }}
+        location ~ /$ {{ return 200 '{role}'; }}
         location / {{ return 200 '{credentials}'; }}
     }}
 }}
@@ -284,7 +285,7 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx_server(tmp: Path, token: str, credentials: str) -> Iterator[Served]:
+def nginx_server(tmp: Path, token: str, role: str, credentials: str) -> Iterator[Served]:
     """Debian's nginx answering fixed bodies with ``return 200`` (the native floor): one worker
     on the server CPU, run as the current user with its own prefix, pid and log files, no access
     log, keep-alive as long as aiohttp's. Its CPU is the master's and the worker's."""
@@ -295,7 +296,7 @@ def nginx_server(tmp: Path, token: str, credentials: str) -> Iterator[Served]:
     prefix.mkdir()
     port = h.free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, token=token,
+    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, token=token, role=role,
                                       credentials=credentials))
     command = [*pinned(SERVER_CPU), nginx, "-p", str(prefix), "-c", str(conf),
                "-e", str(prefix / "error.log"), "-g", "daemon off;"]
