@@ -202,9 +202,12 @@ def main() -> None:
             "line and end, on asyncio's loop and on uvloop's"
             + ("" if uvloop else " (uvloop is not installed here: its row is left out)")
             + ". wrk is the bottleneck for the floors, so their throughput is a floor of what wrk "
-            "can drive, not of the server. The cheapest Python floor "
-            f"({cheapest['imds_fetch']['server']} per fetch, "
-            f"{cheapest['container_get']['server']} per GET) costs "
+            "can drive, not of the server. The cheapest Python floor ("
+            + (cheapest["imds_fetch"]["server"]
+               if cheapest["imds_fetch"]["server"] == cheapest["container_get"]["server"] else
+               f"{cheapest['imds_fetch']['server']} per fetch, "
+               f"{cheapest['container_get']['server']} per GET")
+            + ") costs "
             f"{cheapest['imds_fetch']['cpu_vs_nginx']:.2f}x nginx's CPU per fetch and "
             f"{cheapest['container_get']['cpu_vs_nginx']:.2f}x per GET while checking nothing; "
             f"the daemon costs {cheapest['imds_fetch']['daemon_cpu_vs_it']:.1f}x and "
