@@ -90,6 +90,27 @@ def peak_rss_mib(pid: int) -> float:
     return _status_mib(pid, "VmHWM")
 
 
+def anonymous_mib(pid: int) -> float:
+    """Anonymous memory of a process (``/proc/<pid>/smaps_rollup``), in MiB: its heaps and what
+    it wrote, without the shared libraries' and files' pages; NaN where the kernel has no
+    rollup."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def mapped_files(pid: int) -> set[str]:
+    """The files a process has mapped (its interpreter, shared libraries, extension modules)."""
+    files = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].startswith("/"):
+            files.add(parts[5])
+    return files
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -106,6 +127,38 @@ def tree_cpu_seconds(pid: int) -> float:
                 with contextlib.suppress(OSError):
                     total += tree_cpu_seconds(int(child))
     return total
+
+
+# --- a venv as users install it ------------------------------------------------------------------
+
+
+def installed_venv(tmp: Path, *, dependencies: bool = True) -> Path:
+    """This checkout's wheel (``pip wheel --no-deps``, as ``pip install .`` builds it) installed
+    into a fresh venv under ``tmp``: with its dependencies from the index (or pip's cache) and no
+    extras, or without any. Returns the venv; nothing from the venv the benchmark runs in (test
+    extras, an editable install) is in it."""
+    dist, venv = tmp / "dist", tmp / "venv"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist),
+                    str(ROOT)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                    "install", "-q", *([] if dependencies else ["--no-deps"]),
+                    str(next(dist.glob("*.whl")))], check=True, capture_output=True)
+    return venv
+
+
+def installed_packages(venv: Path) -> list[str]:
+    """``name==version`` of every distribution in a venv."""
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                           "list", "--format=freeze"], check=True, capture_output=True, text=True)
+    return done.stdout.split()
+
+
+def interpreter(python: Path) -> list[str]:
+    """A command prefix (``h.daemon``'s ``prefix``) that runs the harness's command, which starts
+    with this venv's ``sys.executable``, under ``python`` instead: ``sh`` drops that first word
+    and execs the rest, so the process keeps its pid."""
+    return ["sh", "-c", 'shift; exec "$0" "$@"', str(python)]
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -247,13 +300,14 @@ class Served:
 
 
 @contextlib.contextmanager
-def floor_server(tmp: Path) -> Iterator[Served]:
-    """bench/floor_server.py on the server CPU."""
-    port_file = tmp / "floor.port"
+def floor_server(tmp: Path, *options: str) -> Iterator[Served]:
+    """bench/floor_server.py on the server CPU, with its ``options`` (``--raw``, ``--uvloop``)."""
+    name = "-".join(["floor", *(option.lstrip("-") for option in options)])
+    port_file = tmp / f"{name}.port"
     command = [*pinned(SERVER_CPU), sys.executable, str(BENCH / "floor_server.py"),
-               "--port-file", str(port_file)]
-    with process(command, tmp / "floor.log") as proc:
-        port = wait_port_file(port_file, proc, "the floor server")
+               "--port-file", str(port_file), *options]
+    with process(command, tmp / f"{name}.log") as proc:
+        port = wait_port_file(port_file, proc, f"the floor server ({name})")
         yield Served(f"http://127.0.0.1:{port}", proc.pid)
 
 
@@ -276,7 +330,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         location = /latest/api/token {{ return 200 '{token}'; }}
-        location ~ /$ {{ return 200 'floor'; }}
+        location ~ /$ {{ return 200 '{role}'; }}
         location / {{ return 200 '{credentials}'; }}
     }}
 }}
@@ -284,7 +338,7 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx_server(tmp: Path, token: str, credentials: str) -> Iterator[Served]:
+def nginx_server(tmp: Path, token: str, role: str, credentials: str) -> Iterator[Served]:
     """Debian's nginx answering fixed bodies with ``return 200`` (the native floor): one worker
     on the server CPU, run as the current user with its own prefix, pid and log files, no access
     log, keep-alive as long as aiohttp's. Its CPU is the master's and the worker's."""
@@ -295,7 +349,7 @@ def nginx_server(tmp: Path, token: str, credentials: str) -> Iterator[Served]:
     prefix.mkdir()
     port = h.free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, token=token,
+    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, token=token, role=role,
                                       credentials=credentials))
     command = [*pinned(SERVER_CPU), nginx, "-p", str(prefix), "-c", str(conf),
                "-e", str(prefix / "error.log"), "-g", "daemon off;"]

@@ -61,14 +61,7 @@ def once(command: list[str]) -> float:
 
 def installed_script(tmp: Path) -> Path:
     """The wheel built and installed into a scratch venv, as users get it; its script."""
-    dist, venv = tmp / "dist", tmp / "venv"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist),
-                    str(c.ROOT)], check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
-                    "install", "--no-deps", "-q", str(next(dist.glob("*.whl")))], check=True,
-                   capture_output=True)
-    return venv / "bin" / "credential-sidecar-process"
+    return c.installed_venv(tmp, dependencies=False) / "bin" / "credential-sidecar-process"
 
 
 def interleaved(commands: dict[str, list[str]], runs: int) -> dict[str, list[float]]:

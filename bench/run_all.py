@@ -19,7 +19,7 @@ import time
 import common as c
 
 BENCHMARKS = {
-    "serving": "Serving: IMDS fetch and container GET next to a bare aiohttp floor and moto",
+    "serving": "Serving: IMDS fetch and container GET next to nginx, the Python floors and moto",
     "renewing": "Serving while 1 000 connections renew",
     "cold_start": "Cold start at scale",
     "startup": "Start-up from the cache next to its import floor",

@@ -1,4 +1,4 @@
-"""Serving: what the doors cost per answer under concurrent load, next to two floors and moto.
+"""Serving: what the doors cost per answer under concurrent load, next to four floors and moto.
 
 The servers run side by side, each pinned to the same CPU, and take turns under the same wrk
 load from another CPU (rounds interleaved, the order rotated each round, so drift on a noisy
@@ -6,6 +6,11 @@ machine hits all alike):
 
 - nginx from Debian answering fixed bodies with ``return 200`` (the native floor);
 - the bare aiohttp floor (bench/floor_server.py): aiohttp answering fixed bodies, nothing else;
+- the raw asyncio floor (bench/floor_server.py --raw): an ``asyncio.Protocol`` writing the same
+  bodies pre-rendered, finding each request's end and reading only its request line: the least
+  any Python server can do per answer;
+- the same raw protocol on uvloop (``--raw --uvloop``), when uvloop is importable (``pip install
+  uvloop``, or the ``bench`` extra; the row is left out, and the note says so, when it is not);
 - the daemon with one Roles Anywhere connection (IMDS and container doors);
 - optionally more daemons from other source trees (``--also NAME=TREE``: a before/after in one
   run, each tree's ``typecheck/`` put first on PYTHONPATH);
@@ -18,7 +23,8 @@ Server CPU per fetch (or GET) is the utime + stime the server's processes spent 
 (/proc/<pid>/stat, read before and after) over the fetches completed in it. On a machine with
 two CPUs wrk saturates its own CPU before nginx saturates the server's, so throughput alone
 cannot show the native floor; CPU per answer can. Goals (issue #16): the daemon's CPU per fetch
-and per GET at or below nginx's, its throughput at least the aiohttp floor's.
+and per GET at or below nginx's, its throughput at least the aiohttp floor's. The raw floors show
+how much of nginx's budget Python spends before doing anything at all.
 
     .venv/bin/python bench/serving.py [--seconds 4] [--rounds 3] [--connections 8]
 """
@@ -26,6 +32,7 @@ and per GET at or below nginx's, its throughput at least the aiohttp floor's.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import tempfile
 from contextlib import ExitStack
@@ -38,6 +45,7 @@ import floor_server
 
 h = c.h
 NATIVE, FLOOR = "nginx", "aiohttp floor"
+RAW, RAW_UVLOOP = "raw asyncio floor", "raw uvloop floor"
 
 
 @dataclass
@@ -87,6 +95,15 @@ def ratios(group: dict[str, dict[str, Any]]) -> None:
             row[f"p99_vs_{key}"] = row["p99_ms"] / base["p99_ms"]
 
 
+def python_floor(group: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The cheapest Python floor's CPU per unit next to nginx's, and the daemon's next to it."""
+    name = min((n for n in (RAW, RAW_UVLOOP) if n in group),
+               key=lambda n: group[n]["cpu_ms_per_unit"])
+    return {"server": name, "cpu_vs_nginx": group[name]["cpu_vs_nginx"],
+            "daemon_cpu_vs_it": (group["daemon"]["cpu_ms_per_unit"]
+                                 / group[name]["cpu_ms_per_unit"])}
+
+
 def also(text: str) -> tuple[str, Path]:
     name, _, tree = text.partition("=")
     if not name or not (Path(tree) / "typecheck" / "credential_sidecar").exists():
@@ -103,16 +120,21 @@ def main() -> None:
                         help="one more daemon, run from another source tree (before/after)")
     parser.add_argument("--no-moto", action="store_true", help="leave moto out")
     args = parser.parse_args()
+    uvloop = importlib.util.find_spec("uvloop") is not None
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
         material = h.make_pki(tmp / "pki")
         emu = stack.enter_context(c.emulator(tmp, [material.ca_file]))
         servers = {
-            NATIVE: stack.enter_context(c.nginx_server(tmp, floor_server.TOKEN,
+            NATIVE: stack.enter_context(c.nginx_server(tmp, floor_server.TOKEN, floor_server.ROLE,
                                                        floor_server.CREDENTIALS)),
             FLOOR: stack.enter_context(c.floor_server(tmp)),
+            RAW: stack.enter_context(c.floor_server(tmp, "--raw")),
         }
+        if uvloop:
+            servers[RAW_UVLOOP] = stack.enter_context(c.floor_server(tmp, "--raw", "--uvloop"))
+        floors = list(servers)
         daemons: dict[str, tuple[Path, dict[str, str] | None]] = {"daemon": (tmp, None)}
         for name, tree in args.also:
             daemons[name] = (tmp / name, h.clean_env(PYTHONPATH=str(tree / "typecheck")))
@@ -135,7 +157,7 @@ def main() -> None:
         first_token = next(iter(doors.values()))[2]
         single = measure({
             **{n: (servers[n], {"mode": "get", "path": path, "auth": first_token})
-               for n in (NATIVE, FLOOR)},
+               for n in floors},
             **{n: (box, {"mode": "get", "path": path, "auth": token})
                for n, (_, box, token) in doors.items()},
         }, args.rounds, args.seconds, args.connections)
@@ -156,6 +178,7 @@ def main() -> None:
                          f"{row['p50_ms']:.2f}", f"{row['p99_ms']:.2f}",
                          f"{row['p99_vs_floor']:.2f}", row["failed"]])
     fetch_row, get_row = results["imds_fetch"]["daemon"], results["container_get"]["daemon"]
+    cheapest = {workload: python_floor(group) for workload, group in results.items()}
     goals = {
         "imds_fetch_cpu_at_most_nginx": fetch_row["cpu_vs_nginx"] <= 1.0,
         "container_get_cpu_at_most_nginx": get_row["cpu_vs_nginx"] <= 1.0,
@@ -174,14 +197,27 @@ def main() -> None:
             "server's utime + stime (/proc/<pid>/stat, nginx's master and worker together) over "
             "the fetches or GETs completed; a unit is a whole fetch (PUT + 2 GETs) or one GET. "
             "nginx (Debian's, one worker) answers fixed bodies of the daemon's sizes with "
-            "`return 200`; the aiohttp floor does the same in aiohttp. wrk is the bottleneck for "
-            "the floors, so their throughput is a floor of what wrk can drive, not of the server."
+            "`return 200`; the aiohttp floor does the same in aiohttp; the raw floors write the "
+            "same bodies pre-rendered from an asyncio.Protocol that reads only each request's "
+            "line and end, on asyncio's loop and on uvloop's"
+            + ("" if uvloop else " (uvloop is not installed here: its row is left out)")
+            + ". wrk is the bottleneck for the floors, so their throughput is a floor of what wrk "
+            "can drive, not of the server. The cheapest Python floor ("
+            + (cheapest["imds_fetch"]["server"]
+               if cheapest["imds_fetch"]["server"] == cheapest["container_get"]["server"] else
+               f"{cheapest['imds_fetch']['server']} per fetch, "
+               f"{cheapest['container_get']['server']} per GET")
+            + ") costs "
+            f"{cheapest['imds_fetch']['cpu_vs_nginx']:.2f}x nginx's CPU per fetch and "
+            f"{cheapest['container_get']['cpu_vs_nginx']:.2f}x per GET while checking nothing; "
+            f"the daemon costs {cheapest['imds_fetch']['daemon_cpu_vs_it']:.1f}x and "
+            f"{cheapest['container_get']['daemon_cpu_vs_it']:.1f}x that floor."
             + (" moto does the whole fetch (its token PUT answers a fixed fake token, which its "
                "GETs do not check) and answers every request with `Connection: close`; it has no "
                "container-credentials endpoint." if not args.no_moto else ""))
     c.write_result("serving", {
         "settings": {**vars(args), "also": [[n, str(t)] for n, t in args.also]},
-        "results": results, "goals": goals,
+        "results": results, "goals": goals, "uvloop": uvloop, "python_floor": cheapest,
     }, [table, note])
 
 
