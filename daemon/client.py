@@ -20,11 +20,18 @@ except ImportError:  # not CPython: json itself does the work
 # Annotations are strings: neither typing nor __future__ is imported (mypy takes this as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
     from typing import Any
 
 TIMEOUT = 5.0
+# A restart without socket activation leaves a moment with no socket file (ENOENT: the old
+# process removed it at stop, the new one has not bound yet) or one nobody listens on
+# (ECONNREFUSED: what a kill -9 leaves); a start takes about a second. SDKs take a failed
+# credential_process as "no credentials", so those two errors, and only those, are tried again
+# for this long, well inside an SDK's patience. Every answer the daemon gives is final at once.
+RETRY_SECONDS = 4.0
+RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2)  # then 0.2 s each: short at first, a restart is quick
 PROG = "credential-sidecar"
 _SPACE = " \t\n\r"  # what json skips around a document
 
@@ -83,19 +90,59 @@ def _plain(path: str) -> bool:
     return all(part not in ("", ".") for part in parts[path.startswith("/"):])
 
 
+def _connect(target: str, timeout: float, retry_for: float,
+             now: "Callable[[], float] | None", sleep: "Callable[[float], object] | None",
+             ) -> "_socket.socket":
+    """A socket connected to ``target``; ENOENT and ECONNREFUSED are tried again for
+    ``retry_for`` seconds (``time`` is imported only then: the usual call needs no clock)."""
+    deadline = None
+    attempt = 0
+    while True:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(target)
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if retry_for <= 0:
+                raise
+            if now is None or sleep is None:
+                import time
+
+                now, sleep = now or time.monotonic, sleep or time.sleep
+            deadline = now() + retry_for if deadline is None else deadline
+            left = deadline - now()
+            if left <= 0:
+                raise
+            sleep(min(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)], left))
+            attempt += 1
+        except BaseException:
+            sock.close()
+            raise
+        else:
+            return sock
+
+
 def ask(
-    socket_path: "Path | str", request: "dict[str, Any]", timeout: float = TIMEOUT
+    socket_path: "Path | str", request: "dict[str, Any]", timeout: float = TIMEOUT, *,
+    retry_for: float = 0.0, now: "Callable[[], float] | None" = None,
+    sleep: "Callable[[float], object] | None" = None,
 ) -> "dict[str, Any]":
-    """Send one request, return the daemon's one-line JSON answer."""
+    """Send one request, return the daemon's one-line JSON answer. ``retry_for``: how long a
+    socket that is missing or refuses is tried again (see RETRY_SECONDS); ``now`` and
+    ``sleep`` are the clock for it (tests pass their own)."""
     target = str(socket_path)
     if not _plain(target):
         from pathlib import Path
 
         target = str(Path(target))
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        sock.settimeout(timeout)
-        sock.connect(target)
+        sock = _connect(target, timeout, retry_for, now, sleep)
+    except TimeoutError:
+        raise Unreachable(f"no answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise Unreachable(exc.strerror or str(exc)) from None
+    try:
         sock.sendall(dumps(request).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
@@ -142,10 +189,13 @@ def _fail(message: str) -> int:
     return 1
 
 
-def print_credentials(name: str, socket_path: str) -> int:
-    """credential-process's answer: the JSON on stdout and 0, or one line on stderr and 1."""
+def print_credentials(name: str, socket_path: str, *, now: "Callable[[], float] | None" = None,
+                      sleep: "Callable[[float], object] | None" = None) -> int:
+    """credential-process's answer: the JSON on stdout and 0, or one line on stderr and 1.
+    A daemon restarting is waited for (RETRY_SECONDS)."""
     try:
-        answer = ask(socket_path, {"op": "credentials", "name": name})
+        answer = ask(socket_path, {"op": "credentials", "name": name}, retry_for=RETRY_SECONDS,
+                     now=now, sleep=sleep)
     except Unreachable as exc:
         return _fail(f"daemon not reachable at {socket_path}: {exc}")
     if answer.get("ok") is not True or not isinstance(answer.get("credentials"), dict):

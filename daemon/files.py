@@ -30,6 +30,8 @@ class FileError(Exception):
 
 
 def _file_kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "a regular file"
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
@@ -219,7 +221,8 @@ def check_owned(path: Path, what: str, *, allow_root: bool = False,
     """Refuse a path the daemon did not make, as sshd's StrictModes does: it must not be a
     symbolic link, must belong to the daemon's uid (or root's, with ``allow_root``: root could
     read the daemon's memory anyway), and group and others must not be able to write it.
-    ``kind`` "dir" or "file" also checks the type. Returns its lstat()."""
+    ``kind`` "dir" or "file" also checks the type; "socket" too, and a socket's group may write
+    it (connect: the group is who may use it), others not. Returns its lstat()."""
     path = Path(path)
     st = _inspect(path, what, follow=False)
     if stat.S_ISLNK(st.st_mode):
@@ -231,6 +234,8 @@ def check_owned(path: Path, what: str, *, allow_root: bool = False,
         raise FileError(f"{what} {path} is {_file_kind(st.st_mode)}, not a directory")
     if kind == "file":
         refuse_irregular(path, what, st)
+    if kind == "socket" and not stat.S_ISSOCK(st.st_mode):
+        raise FileError(f"{what} {path} is {_file_kind(st.st_mode)}, not a socket")
     euid = os.geteuid()
     if st.st_uid != euid and not (allow_root and st.st_uid == 0):
         raise FileError(
@@ -238,7 +243,12 @@ def check_owned(path: Path, what: str, *, allow_root: bool = False,
             f" daemon trusts no path someone else made; remove it, or run: chown {euid} {path}"
         )
     mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o022:
+    if kind == "socket" and mode & 0o002:
+        raise FileError(
+            f"{what} {path} has mode {mode:04o}: anyone could connect to it; run: chmod o-rwx"
+            f" {path} (SocketMode=0660 in a .socket unit)"
+        )
+    if kind != "socket" and mode & 0o022:
         raise FileError(
             f"{what} {path} has mode {mode:04o}: group or others could replace what is in it;"
             f" run: chmod go-w {path}"

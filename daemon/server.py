@@ -44,7 +44,7 @@ from credential_sidecar.state.cache import (
 from credential_sidecar.state.records import ConnectionRecords
 from credential_sidecar.state.tokens import TokenKeeper
 from credential_sidecar.state.trust import check_state_dir
-from credential_sidecar.systemd.activation import SocketPool
+from credential_sidecar.systemd.activation import SocketPool, Where
 from credential_sidecar.upstream.base import CredentialSource
 from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource, account_of
 
@@ -218,8 +218,10 @@ class Daemon:
     async def _start_control(self) -> None:
         if self.config.control is None:
             return
-        self.control = ControlServer(self.config.control.socket, self._manager(), self._grantee,
-                                     self._control_status, on_answer=self._metrics().count)
+        path = self.config.control.socket
+        self.control = ControlServer(path, self._manager(), self._grantee, self._control_status,
+                                     on_answer=self._metrics().count,
+                                     sock=self.sockets.socket_for(ControlServer.door, path))
         await self.control.start()
 
     async def _stop_control(self) -> None:
@@ -248,7 +250,10 @@ class Daemon:
         await self.manager.restore()
         await self.credential_files.start(self.config.credentials_file)
         doors = self._doors(self.config)
-        listens = {door: spec.listen for door, (spec, _) in doors.items()}  # type: ignore[attr-defined]
+        listens: dict[str, Where] = {
+            door: spec.listen for door, (spec, _) in doors.items()}  # type: ignore[attr-defined]
+        if self.config.control is not None:
+            listens[ControlServer.door] = self.config.control.socket
         self.sockets.assign(listens)
         for door, (_, build) in doors.items():
             await self._listen(door, *build())

@@ -31,8 +31,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from credential_sidecar.doors.listener import SHUTDOWN_SECONDS
 from credential_sidecar.doors.peers import Grantee, Peer, admits
-from credential_sidecar.files import FileError, private_dir
+from credential_sidecar.files import FileError, check_owned, private_dir
 from credential_sidecar.logs import get_logger
 from credential_sidecar.renewal.manager import CredentialManager
 
@@ -44,6 +45,7 @@ IDLE_SECONDS = 30.0
 MAX_CLIENTS = 64  # connected clients at once; more are closed at once
 MAX_CLIENTS_PER_UID = 16  # ... of which one uid may hold
 MAX_GROUPS = 256  # Python's getsockopt buffer holds at most 1024 bytes
+ACCEPT_RETRY_SECONDS = 1.0  # after accept() ran out of descriptors or memory (asyncio's delay)
 STATUS_CODES = {"BadRequest": 400, "Forbidden": 403, "NotFound": 404,
                 "CredentialsUnavailable": 503}
 _UCRED = struct.Struct("3i")
@@ -142,7 +144,52 @@ def bind_socket(path: Path) -> socket.socket:
     return sock
 
 
+def check_inherited(path: Path) -> bool:
+    """Whether the socket systemd bound at ``path`` (socket activation) may be served.
+
+    False when its file is gone: stopping the service removes its RuntimeDirectory= and the
+    socket file with it, while the .socket unit keeps listening on a name nobody can reach.
+    OSError when the file is not a socket, or it or its directory is someone else's or one that
+    others could write (connect to, or swap for their own): the daemon's or root's only, as
+    systemd makes them (files.check_owned).
+    """
+    try:
+        check_owned(path.parent, "control socket directory", kind="dir", allow_root=True)
+        if not os.path.lexists(path):
+            return False
+        check_owned(path, "control socket", kind="socket", allow_root=True)
+    except FileError as exc:
+        raise OSError(str(exc)) from None
+    return True
+
+
+class _Client:
+    """What a stop must know about one connection."""
+
+    __slots__ = ("answered", "conn", "idle", "reader", "transport", "uid")
+
+    def __init__(self, conn: socket.socket, uid: int) -> None:
+        self.conn = conn
+        self.uid = uid
+        self.answered = 0
+        self.idle = False  # waiting for its next request, nothing of one received yet
+        self.reader: asyncio.StreamReader | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def close_idle(self) -> None:
+        """End the wait for a next request: the read returns what was received (answered), then
+        end of file. Reading is paused first: no data may be fed after the end of file."""
+        if self.transport is not None and self.reader is not None:
+            self.transport.pause_reading()
+            self.reader.feed_eof()
+
+
 class ControlServer:
+    """Accepts by itself rather than through asyncio's server: every connection is in
+    ``_clients`` from the moment it is accepted, so a stop knows all it owes an answer (asyncio
+    makes a transport a turn after accepting, in a task a stop cannot see: CPython issue
+    109564, the reason the listener pauses instead of closing)."""
+
     door = "control"
 
     def __init__(
@@ -153,15 +200,19 @@ class ControlServer:
         status: Callable[[], dict[str, Any]],
         *,
         on_answer: Callable[[str, int], None] | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self.path = path
         self.manager = manager
         self.connection = connection
         self.status = status
         self.on_answer = on_answer
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        self.sock = sock  # a listening socket from systemd (socket activation): never unlinked
+        self._listening: socket.socket | None = None
+        self._made: tuple[int, int] | None = None  # (device, inode) of the file bound here
+        self._clients: dict[asyncio.Task[None], _Client] = {}
         self._per_uid: dict[int, int] = {}
+        self._stopping = False
         self.rejected = 0  # clients closed at connect: too many at once
 
     @property
@@ -169,63 +220,151 @@ class ControlServer:
         return str(self.path)
 
     async def start(self) -> None:
-        sock = bind_socket(self.path)
-        self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=MAX_LINE)
-        log.info("listening", door=self.door, address=self.url)
+        if self.sock is not None and not check_inherited(self.path):
+            log.warning("the control socket systemd passed has no file any more; binding a new"
+                        " one", door=self.door, address=self.url,
+                        hint="systemctl restart credential-sidecar.socket (with the service"
+                             " stopped) makes systemd hold it again")
+            self.sock.close()
+            self.sock = None
+        if self.sock is None:
+            sock = bind_socket(self.path)
+            st = os.lstat(self.path)
+            self._made = (st.st_dev, st.st_ino)
+        else:
+            sock = self.sock
+            sock.setblocking(False)
+        self._listening = sock
+        self._stopping = False
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
+        log.info("listening", door=self.door, address=self.url, activated=self.sock is not None)
 
     async def stop(self) -> None:
-        if self._server is None:
+        """Stop accepting; answer every request already received, and the first request of a
+        connection accepted just before (bounded by the listener's SHUTDOWN_SECONDS); close
+        connections idle between requests; then close the socket.
+
+        With socket activation the listening socket stays with systemd: connections that
+        arrive meanwhile wait in its queue for the next process. Without, nobody would take
+        that queue, so the file is removed first (new clients get ENOENT, which the client
+        retries until the next process binds) and every connection already queued is taken
+        and answered. Only a file this process bound is removed."""
+        sock, self._listening = self._listening, None
+        if sock is None:
             return
-        self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*self._clients, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
+        self._stopping = True
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        if self.sock is None:
+            self._unlink()
+            self._accept(sock)
+        for client in self._clients.values():
+            if client.idle:
+                client.close_idle()
+        if self._clients:
+            _, unanswered = await asyncio.wait(list(self._clients), timeout=SHUTDOWN_SECONDS)
+            if unanswered:
+                log.warning("stopping with control clients still unanswered",
+                            clients=len(unanswered), grace=SHUTDOWN_SECONDS)
+                for task in unanswered:
+                    task.cancel()
+                await asyncio.gather(*unanswered, return_exceptions=True)
+        sock.close()
+
+    def _unlink(self) -> None:
+        """Remove the socket file this process bound, and never one it did not."""
+        made, self._made = self._made, None
         with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+            st = os.lstat(self.path)
+            if made == (st.st_dev, st.st_ino):
                 self.path.unlink()
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        peer: Peer | None = None
-        try:
-            peer = peer_of(writer.get_extra_info("socket"))
-            if (len(self._clients) >= MAX_CLIENTS
-                    or self._per_uid.get(peer.uid, 0) >= MAX_CLIENTS_PER_UID):
-                self.rejected += 1
-                if self.rejected == 1 or self.rejected % 1000 == 0:
-                    log.warning("control client closed at connect: too many at once",
-                                uid=peer.uid, rejected=self.rejected)
-                peer = None
+    def _accept(self, sock: socket.socket) -> None:
+        """Take every connection waiting, each into its task at once."""
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
                 return
-            if task is not None:
-                self._clients.add(task)
-            self._per_uid[peer.uid] = self._per_uid.get(peer.uid, 0) + 1
-            while True:
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:  # out of descriptors or memory: try again in a while
+                log.warning("control socket accept failed; retrying", error=exc.strerror or
+                            str(exc), retry_seconds=ACCEPT_RETRY_SECONDS)
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(sock.fileno())
+                loop.call_later(ACCEPT_RETRY_SECONDS, self._resume, sock)
+                return
+            self._admit(conn)
+
+    def _resume(self, sock: socket.socket) -> None:
+        if self._listening is sock:
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
+
+    def _admit(self, conn: socket.socket) -> None:
+        try:
+            peer = peer_of(conn)
+        except OSError:
+            conn.close()
+            return
+        if (len(self._clients) >= MAX_CLIENTS
+                or self._per_uid.get(peer.uid, 0) >= MAX_CLIENTS_PER_UID):
+            self.rejected += 1
+            if self.rejected == 1 or self.rejected % 1000 == 0:
+                log.warning("control client closed at connect: too many at once",
+                            uid=peer.uid, rejected=self.rejected)
+            conn.close()
+            return
+        self._per_uid[peer.uid] = self._per_uid.get(peer.uid, 0) + 1
+        client = _Client(conn, peer.uid)
+        task = asyncio.get_running_loop().create_task(self._serve(conn, peer, client))
+        self._clients[task] = client
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        """Here, not in the task: a task cancelled before its first step runs none of its code."""
+        client = self._clients.pop(task)
+        left = self._per_uid.get(client.uid, 1) - 1
+        if left > 0:
+            self._per_uid[client.uid] = left
+        else:
+            self._per_uid.pop(client.uid, None)
+        if client.transport is None:  # else the transport closes it
+            client.conn.close()
+
+    async def _serve(self, conn: socket.socket, peer: Peer, client: _Client) -> None:
+        writer: asyncio.StreamWriter | None = None
+        try:
+            conn.setblocking(False)
+            reader, writer = await asyncio.open_unix_connection(sock=conn, limit=MAX_LINE)
+            client.reader = reader
+            transport = writer.transport
+            client.transport = transport if isinstance(transport, asyncio.Transport) else None
+            pending = b""
+            while not (self._stopping and client.answered and not pending):
+                client.idle = client.answered > 0 and not pending
                 try:
-                    line = await asyncio.wait_for(reader.readline(), IDLE_SECONDS)
-                except (TimeoutError, ValueError, ConnectionError):
-                    break  # idle, over-long line, or gone
-                if not line:
+                    chunk = await asyncio.wait_for(reader.read(MAX_LINE), IDLE_SECONDS)
+                except TimeoutError:
                     break
-                writer.write(json.dumps(self.answer(line, peer)).encode() + b"\n")
+                finally:
+                    client.idle = False
+                if not chunk:
+                    break  # gone, or closed as idle by a stop
+                pending += chunk
+                while (end := pending.find(b"\n")) >= 0:
+                    line, pending = pending[: end + 1], pending[end + 1 :]
+                    writer.write(json.dumps(self.answer(line, peer)).encode() + b"\n")
+                    client.answered += 1
                 await writer.drain()
+                if len(pending) > MAX_LINE:
+                    break  # a line that long is no request
         except (ConnectionError, OSError):
             pass
         finally:
-            if task is not None:
-                self._clients.discard(task)
-            if peer is not None:
-                left = self._per_uid.get(peer.uid, 1) - 1
-                if left > 0:
-                    self._per_uid[peer.uid] = left
-                else:
-                    self._per_uid.pop(peer.uid, None)
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(ConnectionError, OSError):
+                    await writer.wait_closed()
 
     def answer(self, line: bytes, peer: Peer) -> dict[str, Any]:
         try:

@@ -1,10 +1,11 @@
 """Socket activation: which socket systemd passed us serves which door.
 
 A door takes an inherited socket named for it (``FileDescriptorName=``): ``imds-<connection>``
-(or plain ``imds`` when there is one IMDS listener), ``container``, ``health``. Failing a name,
-it takes a socket bound to exactly its configured address, which is how one ``.socket`` unit
-with several ``ListenStream=`` lines works (``FileDescriptorName=`` names all its fds alike).
-A door with neither binds its own port. Sockets no door claims are closed and logged.
+(or plain ``imds`` when there is one IMDS listener), ``container``, ``health``, ``control`` (the
+Unix control socket). Failing a name, it takes a socket bound to exactly its configured address
+(for ``control``, its path), which is how one ``.socket`` unit with several ``ListenStream=``
+lines works (``FileDescriptorName=`` names all its fds alike). A door with neither binds its
+own. Sockets no door claims are closed and logged.
 
 Doors get a duplicate of the inherited socket, so the original stays open for the life of the
 process: a listener restarted by a reload keeps the port, and connections queue meanwhile.
@@ -16,6 +17,7 @@ import contextlib
 import ipaddress
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from credential_sidecar.config.values import Address
 from credential_sidecar.logs import get_logger
@@ -32,7 +34,13 @@ def fd_names(door: str, sole_of_kind: bool) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _same_address(sock: socket.socket, address: Address) -> bool:
+Where = Address | Path  # a TCP door's listen address, or the control socket's path
+
+
+def _same_address(sock: socket.socket, address: Where) -> bool:
+    if isinstance(address, Path):
+        return (sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM
+                and sock.getsockname() == str(address))
     if address.port == 0 or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return False
     if sock.type != socket.SOCK_STREAM:
@@ -71,7 +79,7 @@ class SocketPool:
     def __bool__(self) -> bool:
         return bool(self._free or self._claims)
 
-    def assign(self, doors: dict[str, Address]) -> None:
+    def assign(self, doors: dict[str, Where]) -> None:
         """Match every door at once: names first, so an address never steals a named socket."""
         kinds = [door.split(":", 1)[0] for door in doors]
         for door in doors:
@@ -94,7 +102,7 @@ class SocketPool:
         self._free.remove(item)
         self._claims[door] = _Claim(item[1], how)
 
-    def socket_for(self, door: str, address: Address) -> socket.socket | None:
+    def socket_for(self, door: str, address: Where) -> socket.socket | None:
         """A duplicate of the door's inherited socket, or None: the door binds by itself."""
         claim = self._claims.get(door)
         if claim is None:
@@ -104,7 +112,8 @@ class SocketPool:
                         door=door, inherited=describe(claim.sock), listen=str(address))
             return None
         bound = describe(claim.sock)
-        if claim.how == "name" and address.port != 0 and not _same_address(claim.sock, address):
+        if (claim.how == "name" and (isinstance(address, Path) or address.port != 0)
+                and not _same_address(claim.sock, address)):
             log.warning("the socket unit's address differs from the config's; using the socket",
                         door=door, inherited=bound, listen=str(address))
         return claim.sock.dup()
@@ -114,8 +123,8 @@ class SocketPool:
         for name, sock in self._free:
             log.warning("no listener for this inherited socket; closing it",
                         fd_name=name, address=describe(sock),
-                        hint="name it imds-<connection>, imds, container or health, or bind it "
-                             "to a configured listen address")
+                        hint="name it imds-<connection>, imds, container, health or control, "
+                             "or bind it to a configured listen address or control socket path")
             sock.close()
         self._free.clear()
 

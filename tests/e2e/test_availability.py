@@ -1,17 +1,22 @@
 """Never a client-visible failure while a good set exists: restarts, reloads, refusals, stops.
 
-The daemon and the emulator run as processes; clients are plain HTTP on loopback, polling from
-threads that record every answer (and any exception) for the test to judge.
+The daemon and the emulator run as processes; clients are plain HTTP on loopback, or
+credential-process runs (the lean client under ``python3 -I -S``, as the installed script runs
+it), polling from threads that record every answer (and any exception) for the test to judge.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +24,7 @@ from typing import Any
 
 import pytest
 
+import credential_sidecar.client
 from tests.helpers import harness as h
 
 IMDS_TTL = {"X-aws-ec2-metadata-token-ttl-seconds": "21600"}
@@ -42,12 +48,25 @@ def _container(port: int, name: str, token: str) -> tuple[int, str]:
         conn.close()
 
 
+def _credential_process(socket_path: Path, name: str) -> tuple[int, str]:
+    """One credential-process run, as an SDK makes one near each expiry: (0, "") for a set,
+    else the exit code and its one line on stderr."""
+    done = subprocess.run([sys.executable, "-I", "-S", CLIENT, name, "--socket", str(socket_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode == 0 and json.loads(done.stdout)["Version"] == 1:
+        return 200, ""
+    return done.returncode or -2, done.stderr.strip()
+
+
+CLIENT = credential_sidecar.client.__file__
+
+
 @dataclass
 class Pollers:
-    """Threads asking the container door again and again; every answer is kept."""
+    """Threads asking again and again (``fetch(name)``: status, body); every answer is kept."""
 
-    port: int
-    tokens: dict[str, str]
+    fetch: Callable[[str], tuple[int, str]]
+    names: list[str]
     answers: list[tuple[float, str, int, str]] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
     _halt: threading.Event = field(default_factory=threading.Event)
@@ -58,7 +77,7 @@ class Pollers:
             while not self._halt.is_set():
                 for name in names:
                     try:
-                        status, body = _container(self.port, name, self.tokens[name])
+                        status, body = self.fetch(name)
                     except OSError as exc:
                         status, body = -1, repr(exc)
                     self.answers.append((time.monotonic(), name, status, body))
@@ -66,7 +85,7 @@ class Pollers:
             self.errors.append(exc)
 
     def start(self, threads: int) -> None:
-        names = sorted(self.tokens)
+        names = sorted(self.names)
         for i in range(threads):
             thread = threading.Thread(target=self._run, args=(names[i::threads] or names,),
                                       daemon=True)
@@ -87,7 +106,22 @@ class Pollers:
 
 @contextmanager
 def polling(port: int, tokens: dict[str, str], threads: int = 4) -> Iterator[Pollers]:
-    pollers = Pollers(port, tokens)
+    """The container door, a new connection per request."""
+    with _polling(Pollers(lambda name: _container(port, name, tokens[name]), list(tokens)),
+                  threads) as pollers:
+        yield pollers
+
+
+@contextmanager
+def polling_process(socket_path: Path, names: list[str], threads: int = 2) -> Iterator[Pollers]:
+    """credential-process, a new process per request."""
+    with _polling(Pollers(lambda name: _credential_process(socket_path, name), names),
+                  threads) as pollers:
+        yield pollers
+
+
+@contextmanager
+def _polling(pollers: Pollers, threads: int) -> Iterator[Pollers]:
     pollers.start(threads)
     try:
         h.wait_for(lambda: len(pollers.answers) > 10, what="the first answers")
@@ -308,38 +342,112 @@ def test_sigterm_is_bounded_even_with_a_half_sent_request(tmp_path: Path) -> Non
             assert took < 15, f"stop took {took:.1f} s (systemd's TimeoutStopSec is 20 s)"
 
 
+@contextmanager
+def _short_dir() -> Iterator[Path]:
+    """For a control socket: a Unix socket's path must fit in 108 bytes, tmp_path's may not."""
+    with tempfile.TemporaryDirectory(prefix="cs-") as name:
+        yield Path(name)
+
+
+def _held_unix(path: Path) -> socket.socket:
+    """A listening control socket as systemd makes it (SocketMode=0660)."""
+    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    held.bind(str(path))
+    path.chmod(0o660)
+    held.listen(128)
+    return held
+
+
 def test_socket_activated_restarts_never_answer_an_error(tmp_path: Path) -> None:
-    """The test holds the listening sockets as systemd's .socket unit does; the daemon is
-    stopped and started again and again while clients poll: every answer is a set, and no
-    connection is ever reset or closed unanswered (the old process stops accepting before it
-    closes anything, and answers every connection it accepted; the rest wait in the queue)."""
+    """The test holds the listening sockets as systemd's .socket unit does (the container door
+    by name, the control socket by its path, as the shipped unit's); the daemon is stopped and
+    started again and again while clients poll both: every answer is a set, and no connection is
+    ever reset or closed unanswered (the old process stops accepting before it closes anything,
+    and answers every connection it accepted; the rest wait in the queue)."""
     material = h.make_pki(tmp_path / "pki")
-    with h.emulator(tmp_path, [material.ca_file]) as emu:
+    with h.emulator(tmp_path, [material.ca_file]) as emu, _short_dir() as run_dir:
         conns = _connections(material, emu.url, 8)
         held = socket.socket()
         held.bind(("127.0.0.1", 0))
         held.listen(128)
         port = held.getsockname()[1]
+        control = run_dir / "control.sock"
+        held_control = _held_unix(control)
+        sockets = [("container", held), ("credential-sidecar.socket", held_control)]
         config = h.daemon_config(tmp_path, conns, imds=[],
-                                 extra={"container": {"listen": f"127.0.0.1:{port}"}})
+                                 extra={"container": {"listen": f"127.0.0.1:{port}"},
+                                        "control": {"socket": str(control)}})
         try:
-            process = _start(tmp_path, config, "run-0.log", sockets=[("container", held)])
+            process = _start(tmp_path, config, "run-0.log", sockets=sockets)
             h.wait_for(lambda: _readyz(process), timeout=60, what="the first start")
+            activated = {e["door"] for e in _events(process)
+                         if e.get("event") == "listening" and e["activated"]}
+            assert activated == {"container", "control"}, activated
             tokens = {c["name"]: _token(tmp_path, c["name"]) for c in conns}
-            with polling(port, tokens, threads=6) as pollers:
+            with polling(port, tokens, threads=4) as pollers, \
+                    polling_process(control, sorted(tokens)) as processes:
                 for run in range(1, 9):
                     process.proc.send_signal(signal.SIGTERM)
                     assert _wait_exit(process) == 0
-                    process = _start(tmp_path, config, f"run-{run}.log",
-                                     sockets=[("container", held)])
+                    process = _start(tmp_path, config, f"run-{run}.log", sockets=sockets)
                     h.wait_for(lambda p=process: _readyz(p), timeout=60, what=f"restart {run}")
-                    seen = len(pollers.answers)
-                    h.wait_for(lambda s=seen: len(pollers.answers) > s + 10,
+                    seen, ran = len(pollers.answers), len(processes.answers)
+                    h.wait_for(lambda s=seen, r=ran: len(pollers.answers) > s + 10
+                               and len(processes.answers) > r + 4,
                                what="answers after the restart")
-            process.stop()
         finally:
+            process.stop()
             held.close()
-        assert len(pollers.answers) > 100
+            held_control.close()
+        assert control.is_socket(), "the daemon removed systemd's socket file"
+        assert len(pollers.answers) > 100 and len(processes.answers) > 30
         resets = [a for a in pollers.failures() if a[2] == -1]
-        print(f"connection resets during 8 restarts: {len(resets)} of {len(pollers.answers)}")
+        print(f"connection resets during 8 restarts: {len(resets)} of {len(pollers.answers)};"
+              f" credential-process runs: {len(processes.answers)}")
         assert not pollers.failures(), pollers.failures()[:5]
+        assert not processes.failures(), processes.failures()[:5]
+
+
+def test_credential_process_never_fails_through_restarts_without_activation(
+    tmp_path: Path,
+) -> None:
+    """No socket held for the daemon: each stop removes its socket file first and answers every
+    connection it had taken; credential-process waits out the moment with no socket (ENOENT)
+    until the next process binds. Six SIGTERM restarts under polling runs: not one failed.
+    Then kill -9 restarts: the file a killed daemon leaves refuses (ECONNREFUSED) and is waited
+    out too; only a run whose request was in flight at the kill may fail, as it must."""
+    material = h.make_pki(tmp_path / "pki")
+    with h.emulator(tmp_path, [material.ca_file]) as emu, _short_dir() as run_dir:
+        conns = _connections(material, emu.url, 2)
+        control = run_dir / "control.sock"
+        config = h.daemon_config(tmp_path, conns, imds=[],
+                                 extra={"control": {"socket": str(control)}})
+        process = _start(tmp_path, config, "run-0.log")
+        try:
+            h.wait_for(lambda: _readyz(process), timeout=60, what="the first start")
+            with polling_process(control, [c["name"] for c in conns]) as processes:
+                kills_from = 0
+                for run in range(1, 9):
+                    if run > 6:
+                        kills_from = kills_from or len(processes.answers)
+                        process.proc.kill()
+                        assert _wait_exit(process) == -signal.SIGKILL
+                        assert control.is_socket(), "a killed daemon leaves its socket file"
+                    else:
+                        process.proc.send_signal(signal.SIGTERM)
+                        assert _wait_exit(process) == 0
+                    process = _start(tmp_path, config, f"run-{run}.log")
+                    h.wait_for(lambda p=process: _readyz(p), timeout=60, what=f"restart {run}")
+                    ran = len(processes.answers)
+                    h.wait_for(lambda r=ran: len(processes.answers) > r + 4,
+                               what="runs after the restart")
+        finally:
+            process.stop()
+        stopped = processes.answers[:kills_from]
+        assert len(stopped) > 30
+        assert not [a for a in stopped if a[2] != 200], stopped[:5]
+        in_flight = ("hung up without an answer", "Connection reset by peer")
+        after_kills = [a for a in processes.answers[kills_from:] if a[2] != 200]
+        assert all(any(why in a[3] for why in in_flight) for a in after_kills), after_kills[:5]
+        print(f"credential-process runs: {len(processes.answers)}; in flight at 2 kill -9:"
+              f" {len(after_kills)}")

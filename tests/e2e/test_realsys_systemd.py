@@ -191,9 +191,10 @@ def test_readme_start_reports_ready_only_with_credentials(guest: nspawn.Machine)
     assert guest.show(SOCKET_UNIT, "ActiveState")["ActiveState"] == "active"
     served = imds_credentials(guest)
     assert served["Code"] == "Success" and served["AccessKeyId"] in issued(guest)
-    inherited = [e for e in daemon_events(guest)
-                 if e.get("event") == "listening" and e.get("activated")]
-    assert len(inherited) == 3, "the README's start did not hand the daemon systemd's sockets"
+    inherited = {e["door"] for e in daemon_events(guest)
+                 if e.get("event") == "listening" and e.get("activated")}
+    assert inherited == {"imds:reports", "container", "health", "control"}, (
+        "the README's start did not hand the daemon systemd's sockets")
 
 
 def test_the_documentation_the_unit_names_is_installed(guest: nspawn.Machine) -> None:
@@ -331,36 +332,87 @@ print(json.dumps({{"ok": ok, "errors": errors, "first": first}}))
 """
 
 
-def poll_through_restarts(m: nspawn.Machine, restarts: int = 3) -> dict[str, Any]:
-    """A client in the guest fetching from IMDS every 10 ms while the service restarts."""
+# credential_process as alice's SDK runs it (README: the script pip installed, under -I -S), in a
+# loop: every run must print a set.
+PROCESS_POLLER = f"""
+import json, subprocess, sys, time
+ok = errors = 0
+first = None
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    done = subprocess.run(["/opt/credential-sidecar/bin/credential-sidecar-process", "reports",
+                           "--socket", "{CONTROL}"], capture_output=True, text=True)
+    try:
+        assert done.returncode == 0 and json.loads(done.stdout)["Version"] == 1, done.stderr
+        ok += 1
+    except Exception as exc:
+        errors += 1
+        first = first or repr(exc)
+    time.sleep(0.01)
+print(json.dumps({{"ok": ok, "errors": errors, "first": first}}))
+"""
+
+
+def poll_through_restarts(m: nspawn.Machine, restarts: int = 3) -> dict[str, dict[str, Any]]:
+    """Clients in the guest while the service restarts: one fetching from IMDS every 10 ms,
+    and alice running credential-process every 10 ms."""
     m.write("/root/poll.py", POLLER)
-    poller = subprocess.Popen(
-        ["nsenter", f"--target={m.leader}", "--all", "--root", "--wd", "env", "-i",
-         *nspawn.GUEST_ENV, PYTHON, "/root/poll.py", str(4 + 3 * restarts)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    m.write("/usr/local/lib/poll-process.py", PROCESS_POLLER)
+    seconds = str(4 + 3 * restarts)
+    enter = ["nsenter", f"--target={m.leader}", "--all", "--root", "--wd"]
+    pollers = {
+        "imds": subprocess.Popen(
+            [*enter, "env", "-i", *nspawn.GUEST_ENV, PYTHON, "/root/poll.py", seconds],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        "credential-process": subprocess.Popen(
+            [*enter, "runuser", "-u", "alice", "--", "env", "-i", *nspawn.GUEST_ENV,
+             "/usr/bin/python3", "/usr/local/lib/poll-process.py", seconds],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+    }
+    results: dict[str, dict[str, Any]] = {}
     try:
         time.sleep(2)
         for _ in range(restarts):
             m.run(["systemctl", "restart", UNIT], timeout=120)
             time.sleep(1)
-        out, err = poller.communicate(timeout=60)
+        for name, poller in pollers.items():
+            out, err = poller.communicate(timeout=60)
+            results[name] = json.loads(out)
+            results[name]["stderr"] = err[-2000:]
     finally:
-        poller.kill()
-    result: dict[str, Any] = json.loads(out)
-    result["stderr"] = err[-2000:]
-    return result
+        for poller in pollers.values():
+            poller.kill()
+            poller.wait()
+    return results
+
+
+def control_activated(m: nspawn.Machine) -> bool | None:
+    """Whether the running daemon serves the control socket systemd holds (None: not yet)."""
+    pid = wait_active(m)["MainPID"]
+    for record in m.journal(UNIT):
+        message = str(record.get("MESSAGE"))
+        if record.get("_PID") == pid and message.startswith("{"):
+            event = json.loads(message)
+            if event.get("event") == "listening" and event.get("door") == "control":
+                return bool(event["activated"])
+    return None
 
 
 def test_restarts_under_polling_clients_answer_no_error_with_the_socket(
     guest: nspawn.Machine,
 ) -> None:
-    """systemd holds the ports: a client that connects while the daemon restarts waits in the
-    queue. Three restarts under a client polling every 10 ms: not one error."""
+    """systemd holds the ports and the control socket: a client that connects while the daemon
+    restarts waits in the queue. Three restarts under an IMDS client and credential-process,
+    each polling every 10 ms: not one error."""
     guest.run(["systemctl", "start", SOCKET_UNIT, UNIT], timeout=120)
     wait_active(guest)
     result = poll_through_restarts(guest)
     nspawn.log(f"polling through 3 restarts with the socket unit: {result}")
-    assert result["ok"] > 50 and result["errors"] == 0, result
+    for door in ("imds", "credential-process"):
+        assert result[door]["ok"] > 50 and result[door]["errors"] == 0, result
+    assert control_activated(guest) is True, "the daemon bound its own control socket"
+    mode = guest.run(["stat", "-c", "%a %G %F", CONTROL]).stdout.split()
+    assert mode == ["660", "credential-sidecar", "socket"], mode
 
 
 def test_reload_keeps_the_process_and_serving(guest: nspawn.Machine) -> None:
@@ -437,6 +489,12 @@ def test_socket_activation_starts_the_daemon_on_first_connection(guest: nspawn.M
                  and str(r.get("MESSAGE")).startswith("{")
                  and json.loads(str(r["MESSAGE"])).get("activated") is True]
     assert inherited, "the daemon bound its own sockets instead of systemd's"
+    # A stop (not a restart) removed the RuntimeDirectory= and systemd's control socket file
+    # with it: the daemon binds its own there, and credential-process is served either way.
+    assert control_activated(guest) is False, "systemd's control socket outlived a stop"
+    out = as_user(guest, "alice", "/opt/credential-sidecar/bin/credential-sidecar-process",
+                  "reports", "--socket", CONTROL)
+    assert out.returncode == 0 and json.loads(out.stdout)["Version"] == 1, out
 
 
 def test_readme_moves_a_running_install_to_the_socket(guest: nspawn.Machine) -> None:
@@ -445,7 +503,10 @@ def test_readme_moves_a_running_install_to_the_socket(guest: nspawn.Machine) -> 
     wait_active(guest)
     without = poll_through_restarts(guest)  # what the socket unit is for
     nspawn.log(f"polling through 3 restarts without the socket unit: {without}")
-    assert without["ok"] > 50 and without["errors"] > 0, without
+    assert without["imds"]["ok"] > 50 and without["imds"]["errors"] > 0, without
+    # ... though credential-process waits out a restart's missing socket by itself
+    process = without["credential-process"]
+    assert process["ok"] > 50 and process["errors"] == 0, without
     refused = guest.run(["systemctl", "start", SOCKET_UNIT], check=False, timeout=60)
     assert refused.returncode != 0, "the README's order would be needless"
     guest.run(["systemctl", "reset-failed", SOCKET_UNIT], check=False)

@@ -242,3 +242,27 @@ def test_a_door_moved_by_reload_binds_anew() -> None:
     pool.assign({"health": _addr(sock)})
     assert pool.socket_for("health", Address("127.0.0.1", 1)) is None
     pool.close()
+
+
+def test_the_control_socket_is_matched_by_name_or_by_its_path(tmp_path: Path) -> None:
+    """One .socket unit lists the TCP ports and the control socket's path, all named alike:
+    the path decides, as an address does for a TCP door."""
+    unix = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+    paths = [tmp_path / "by-path.sock", tmp_path / "named.sock"]
+    for sock, path in zip(unix, paths, strict=True):
+        sock.bind(str(path))
+        sock.listen()
+    (tcp,) = _listening(1)
+    pool = SocketPool([("credential-sidecar.socket", tcp), ("credential-sidecar.socket", unix[0])])
+    pool.assign({"health": _addr(tcp), "control": paths[0]})
+    control = pool.socket_for("control", paths[0])
+    assert control is not None and control.getsockname() == str(paths[0])
+    assert pool.socket_for("control", tmp_path / "moved.sock") is None, "a reload moved it"
+    control.close()
+    pool.close()
+    pool = SocketPool([("control", unix[1])])
+    pool.assign({"control": tmp_path / "elsewhere.sock"})
+    named = pool.socket_for("control", tmp_path / "elsewhere.sock")
+    assert named is not None and named.getsockname() == str(paths[1])
+    named.close()
+    pool.close()

@@ -148,8 +148,14 @@ def test_socket_unit_listens_where_the_example_config_does() -> None:
     example = tomllib.loads((ROOT / "config" / "example.toml").read_text())
     listens = {entry["listen"] for entry in example["imds"]}
     listens |= {example["container"]["listen"], example["health"]["listen"]}
+    listens.add(example["control"]["socket"])  # matched by its path, as the others by address
     assert set(sockets["ListenStream"]) == listens
     assert sockets["Service"] == ["credential-sidecar.service"]
+    # as the daemon makes it when it binds: 0660, the service's group; RuntimeDirectoryMode's mode
+    service = unit_settings(SERVICE)["Service"]
+    assert sockets["SocketMode"] == ["0660"] and sockets["SocketGroup"] == service["Group"]
+    assert sockets["DirectoryMode"] == service["RuntimeDirectoryMode"]
+    assert Path(example["control"]["socket"]).parent.name == service["RuntimeDirectory"][0]
 
 
 def test_sysusers_make_the_service_user(tmp_path: Path) -> None:
