@@ -77,6 +77,7 @@ class Daemon:
         self.credential_files: CredentialsFiles | None = None  # [[credentials_file]]
         self._chores: list[asyncio.Task[None]] = []
         self.access: Access | None = None  # built with the first TCP door (_access)
+        self.audit = AuditTrail(self.clock)  # every door's hand-outs and refusals
         self._by_name: tuple[Config | None, dict[str, Any]] = (None, {})  # see _grantee
 
     def _source(self, connection: object) -> CredentialSource:
@@ -179,7 +180,7 @@ class Daemon:
         """One Access for every TCP door: the kernel's peer lookup, the per-connection cache,
         the allowed_uids/allowed_gids rule, the audit trail."""
         if self.access is None:
-            self.access = Access(PeerFinder(), self._grantee, AuditTrail(self.clock),
+            self.access = Access(PeerFinder(), self._grantee, self.audit,
                                  record_use=self._manager().record_use,
                                  count=self._metrics().handout)
         return self.access
@@ -220,7 +221,7 @@ class Daemon:
             return
         path = self.config.control.socket
         self.control = ControlServer(path, self._manager(), self._grantee, self._control_status,
-                                     on_answer=self._metrics().count,
+                                     on_answer=self._metrics().count, audit=self.audit,
                                      sock=self.sockets.socket_for(ControlServer.door, path))
         await self.control.start()
 

@@ -49,7 +49,10 @@ class AuditTrail:
         log.info("credentials handed out", audit=True, door=door, connection=connection,
                  uid=uid, access_key_id=access_key_id)
 
-    def refused(self, door: str, connection: str, uid: int | None, remote: str | None) -> None:
+    def refused(self, door: str, connection: str, uid: int | None, remote: str | None, *,
+                pid: int | None = None) -> None:
+        """``remote``: the TCP peer's address; ``pid``: the control socket's peer process,
+        written in the line but not told apart (a polling client is a new process each time)."""
         key = (door, connection, uid, remote)
         now = self.clock.monotonic()
         last = self._refused.get(key)
@@ -59,9 +62,11 @@ class AuditTrail:
         if len(self._refused) >= self.max_keys:
             self._refused.clear()
         self._refused[key] = (now, 0)
-        extra = {"suppressed": last[1]} if last is not None and last[1] else {}
+        extra = {k: v for k, v in (("remote", remote), ("pid", pid)) if v is not None}
+        if last is not None and last[1]:
+            extra["suppressed"] = last[1]
         log.warning("credentials refused", audit=True, door=door, connection=connection,
-                    uid=uid, remote=remote, **extra)
+                    uid=uid, **extra)
 
 
 __all__ = ["MAX_KEYS", "REFUSAL_INTERVAL", "AuditTrail"]

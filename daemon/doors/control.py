@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from credential_sidecar.doors.audit import AuditTrail
 from credential_sidecar.doors.listener import SHUTDOWN_SECONDS
 from credential_sidecar.doors.peers import Grantee, Peer, admits
 from credential_sidecar.files import FileError, check_owned, private_dir
@@ -201,8 +202,10 @@ class ControlServer:
         *,
         on_answer: Callable[[str, int], None] | None = None,
         sock: socket.socket | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.path = path
+        self.audit = audit  # the TCP doors' audit trail: a line per new hand-out or refusal
         self.manager = manager
         self.connection = connection
         self.status = status
@@ -406,7 +409,8 @@ class ControlServer:
         if conn is None or name not in self.manager.states:
             raise Refused("NotFound", f"no connection named {json.dumps(name)}")
         if not admits(conn, peer):
-            log.warning("control request refused", connection=name, uid=peer.uid, pid=peer.pid)
+            if self.audit is not None:
+                self.audit.refused(self.door, name, peer.uid, None, pid=peer.pid)
             raise Refused("Forbidden", f"uid {peer.uid} may not read connection {name}")
         creds = self.manager.get(name)
         if creds is None:
@@ -414,4 +418,6 @@ class ControlServer:
             raise Refused("CredentialsUnavailable",
                           f"connection {name} has no fresh credentials: {reason}")
         self.manager.record_use(name, self.door, str(peer))
+        if self.audit is not None:
+            self.audit.served(self.door, name, peer.uid, creds.access_key_id)
         return creds.process_document()

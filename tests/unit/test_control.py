@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import structlog
 
 from credential_sidecar.client import Unreachable, ask, socket_from_config
 from credential_sidecar.doors import control
+from credential_sidecar.doors.audit import AuditTrail
 from credential_sidecar.doors.control import ControlServer, Peer, admits, bind_socket, peer_of
 from credential_sidecar.renewal.manager import CredentialManager
 from credential_sidecar.testing import FakeClock, FakeSource
@@ -116,7 +118,8 @@ async def running(sock_dir: Path) -> AsyncIterator[Running]:
     answers: list[tuple[str, int]] = []
     server = ControlServer(sock_dir / "control.sock", manager, grants.get,
                            lambda: {"ready": False, "connections": []},
-                           on_answer=lambda door, status: answers.append((door, status)))
+                           on_answer=lambda door, status: answers.append((door, status)),
+                           audit=AuditTrail(clock))
     await server.start()
     try:
         yield Running(server, manager, server.path, grants, answers)
@@ -132,12 +135,18 @@ async def _ask(path: Path, request: object) -> dict[str, object]:
 async def test_credentials_are_the_version_1_document_and_the_use_is_recorded(
     running: Running,
 ) -> None:
-    answer = await _ask(running.path, {"op": "credentials", "name": "app"})
+    with structlog.testing.capture_logs() as logs:
+        answer = await _ask(running.path, {"op": "credentials", "name": "app"})
+        again = await _ask(running.path, {"op": "credentials", "name": "app"})
     creds = running.manager.get("app")
     assert creds is not None
-    assert answer == {"ok": True, "credentials": creds.process_document()}
+    assert answer == again == {"ok": True, "credentials": creds.process_document()}
     used = running.manager.states["app"].used_by
     assert list(used) == [("control", f"uid {os.geteuid()}")]
+    audit = [e for e in logs if e.get("audit")]  # the same set again: no second line
+    assert audit == [{"event": "credentials handed out", "log_level": "info", "audit": True,
+                      "door": "control", "connection": "app", "uid": os.geteuid(),
+                      "access_key_id": creds.access_key_id}]
 
 
 @pytest.mark.parametrize(
@@ -162,9 +171,14 @@ async def test_refusals_say_why(running: Running, request_: object, code: str,
 
 def test_a_peer_that_is_not_admitted_is_refused_by_uid(running: Running) -> None:
     stranger = Peer(4242, 1001, 1001)
-    answer = running.server.answer(b'{"op": "credentials", "name": "app"}\n', stranger)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            answer = running.server.answer(b'{"op": "credentials", "name": "app"}\n', stranger)
     assert answer == {"ok": False, "code": "Forbidden",
                       "message": "uid 1001 may not read connection app"}
+    assert [e for e in logs if e.get("audit")] == [  # once a minute, however often asked
+        {"event": "credentials refused", "log_level": "warning", "audit": True,
+         "door": "control", "connection": "app", "uid": 1001, "pid": 4242}]
     running.grants["app"] = Conn(allowed_uids=[1001])
     answer = running.server.answer(b'{"op": "credentials", "name": "app"}\n', stranger)
     assert answer["ok"] is True
