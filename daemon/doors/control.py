@@ -343,10 +343,15 @@ class ControlServer:
             transport = writer.transport
             client.transport = transport if isinstance(transport, asyncio.Transport) else None
             pending = b""
+            loop = asyncio.get_running_loop()
+            # A whole request within IDLE_SECONDS of connecting or of the last answer: a client
+            # trickling a byte at a time holds its place no longer than an idle one.
+            deadline = loop.time() + IDLE_SECONDS
             while not (self._stopping and client.answered and not pending):
                 client.idle = client.answered > 0 and not pending
                 try:
-                    chunk = await asyncio.wait_for(reader.read(MAX_LINE), IDLE_SECONDS)
+                    chunk = await asyncio.wait_for(reader.read(MAX_LINE),
+                                                   max(0.0, deadline - loop.time()))
                 except TimeoutError:
                     break
                 finally:
@@ -358,6 +363,7 @@ class ControlServer:
                     line, pending = pending[: end + 1], pending[end + 1 :]
                     writer.write(json.dumps(self.answer(line, peer)).encode() + b"\n")
                     client.answered += 1
+                    deadline = loop.time() + IDLE_SECONDS
                 await writer.drain()
                 if len(pending) > MAX_LINE:
                     break  # a line that long is no request

@@ -236,6 +236,27 @@ async def test_clients_beyond_a_uids_share_are_closed_at_connect(
         w.close()
 
 
+async def test_a_client_trickling_its_request_is_closed_as_an_idle_one_would_be(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle bound covers a whole request, not each read: one byte at a time, each well
+    inside the bound, must not hold a client's place (and the per-uid share) for ever."""
+    monkeypatch.setattr(control, "IDLE_SECONDS", 0.5)
+    reader, writer = await asyncio.open_unix_connection(str(running.path))
+    closed = asyncio.ensure_future(reader.read())
+    try:
+        for byte in b'{"op": "status"' * 20:  # 300 bytes, one each 0.1 s: 30 s in all
+            writer.write(bytes([byte]))
+            done, _ = await asyncio.wait([closed], timeout=0.1)
+            if done:
+                break
+        assert closed.done(), "still open after 30 s of trickling"
+        assert closed.result() == b""
+    finally:
+        closed.cancel()
+        writer.close()
+
+
 @pytest.mark.parametrize("line", [b"[" * 60000 + b"\n", b'{"op": ' + b"{" * 20000 + b"\n",
                                   b'{"op": "status", "x": ' + b"[" * 9 + b"]" * 9 + b"}\n"])
 async def test_deep_nesting_is_a_bad_request_not_a_crash(
