@@ -10,12 +10,10 @@ from __future__ import annotations
 import gc
 import inspect
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from credential_sidecar.clock import SystemClock
 from credential_sidecar.config.load import parse_config
@@ -24,8 +22,7 @@ from credential_sidecar.devtools.emulator.server import Emulator, Profile
 from credential_sidecar.upstream.base import UpstreamError
 from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource
 from tests.helpers.tinyproxy import Tinyproxy, proxy_fixture
-from tests.helpers.tls_pki import CA
-from tests.helpers.tls_servers import drain
+from tests.helpers.tls_servers import https_server
 
 ACCOUNT = "111122223333"
 TA = f"arn:aws:rolesanywhere:eu-west-1:{ACCOUNT}:trust-anchor/t"
@@ -53,28 +50,13 @@ class TLSEmulator:
     tls_ca_pem: Path
 
 
-@asynccontextmanager
-async def tls_emulator(tmp: Path) -> AsyncIterator[TLSEmulator]:
-    anchor = pki.make_ca("network anchor")
-    emu = Emulator(trust_anchors={TA: [anchor.certificate]}, profiles={PROFILE: Profile((ROLE,))})
-    tls_ca = CA.new()
-    ca_pem = tls_ca.write(tmp / "tls-ca.pem")
-    context = tls_ca.issue_server("127.0.0.1").server_context(tmp)
-    runner = web.AppRunner(emu.app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
-        port = runner.addresses[0][1]
-        yield TLSEmulator(emu, f"https://127.0.0.1:{port}", anchor, ca_pem)
-    finally:
-        await drain(runner)
-        await runner.cleanup()
-
-
 @pytest.fixture
 async def emu(tmp_path: Path) -> AsyncIterator[TLSEmulator]:
-    async with tls_emulator(tmp_path) as server:
-        yield server
+    """The emulator, trusting a fresh anchor, over TLS on 127.0.0.1 (a cert for it alone)."""
+    anchor = pki.make_ca("network anchor")
+    emu = Emulator(trust_anchors={TA: [anchor.certificate]}, profiles={PROFILE: Profile((ROLE,))})
+    async with https_server(tmp_path, names=["127.0.0.1"], app=emu.app) as server:
+        yield TLSEmulator(emu, server.url, anchor, server.ca_pem)
 
 
 def source(tmp: Path, emu: TLSEmulator, **extra: object) -> RolesAnywhereSource:
