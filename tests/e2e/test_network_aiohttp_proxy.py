@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import gc
-import inspect
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,36 +24,9 @@ from tests.helpers.tinyproxy import Tinyproxy, proxy_fixture
 from tests.helpers.tls_pki import CA
 from tests.helpers.tls_servers import TLSServer, http_server, https_server
 
-AUTH = ("alice", "s3cret")
-
-open_proxy = proxy_fixture()
-auth_proxy = proxy_fixture(basic_auth=AUTH)
-deny_proxy = proxy_fixture(connect_ports=[443])  # CONNECT only to 443: our ports are refused
+# open_proxy, auth_proxy, deny_proxy, creds_file and bad_creds_file: tests/e2e/conftest.py
 closed_client_proxy = proxy_fixture(allow=["192.0.2.0/24"])  # not us: 403 Access denied
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each async test, collect, so an unclosed socket or transport fails its own test."""
-    yield
-    if inspect.iscoroutinefunction(request.function):
-        gc.collect()
-
-
-@pytest.fixture
-def creds_file(tmp_path: Path) -> Path:
-    path = tmp_path / "proxy-credentials"
-    path.write_text(f"{AUTH[0]}:{AUTH[1]}\n")
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture
-def bad_creds_file(tmp_path: Path) -> Path:
-    path = tmp_path / "proxy-credentials-bad"
-    path.write_text(f"{AUTH[0]}:wrong\n")
-    path.chmod(0o600)
-    return path
+pytestmark = pytest.mark.usefixtures("collect_garbage")  # tests/e2e/conftest.py
 
 
 @pytest.fixture

@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import hashlib
-import inspect
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,13 +49,7 @@ ANCHOR = f"arn:aws:rolesanywhere:{REGION}:111122223333:trust-anchor/emulator"
 PROFILE = f"arn:aws:rolesanywhere:{REGION}:111122223333:profile/emulator"
 ROLE = "arn:aws:iam::111122223333:role/emulator"
 
-
-@pytest.fixture(autouse=True)
-def _collect_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each async test, collect, so an unclosed socket or transport fails its own test."""
-    yield
-    if inspect.iscoroutinefunction(request.function):
-        gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_garbage")  # tests/e2e/conftest.py
 
 
 @dataclass

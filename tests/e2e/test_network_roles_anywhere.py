@@ -7,9 +7,7 @@ UpstreamError line quoting the proxy's status line or the TLS failure with its h
 
 from __future__ import annotations
 
-import gc
-import inspect
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,25 +19,15 @@ from credential_sidecar.devtools import pki
 from credential_sidecar.devtools.emulator.server import Emulator, Profile
 from credential_sidecar.upstream.base import UpstreamError
 from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource
-from tests.helpers.tinyproxy import Tinyproxy, proxy_fixture
+from tests.helpers.tinyproxy import Tinyproxy, credentials_file
 from tests.helpers.tls_servers import https_server
 
 ACCOUNT = "111122223333"
 TA = f"arn:aws:rolesanywhere:eu-west-1:{ACCOUNT}:trust-anchor/t"
 PROFILE = f"arn:aws:rolesanywhere:eu-west-1:{ACCOUNT}:profile/p"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/r"
-AUTH = ("alice", "s3cret")
-
-open_proxy = proxy_fixture()
-auth_proxy = proxy_fixture(basic_auth=AUTH)
-deny_proxy = proxy_fixture(connect_ports=[443])
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if inspect.iscoroutinefunction(request.function):
-        gc.collect()
+# open_proxy, auth_proxy, deny_proxy and creds_file: tests/e2e/conftest.py
+pytestmark = pytest.mark.usefixtures("collect_garbage")  # tests/e2e/conftest.py
 
 
 @dataclass
@@ -72,13 +60,6 @@ def source(tmp: Path, emu: TLSEmulator, **extra: object) -> RolesAnywhereSource:
     return RolesAnywhereSource(config.connections[0], SystemClock(), timeout=5.0)  # type: ignore[arg-type]
 
 
-def creds_file(tmp: Path, text: str) -> Path:
-    path = tmp / "proxy.auth"
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
-
-
 async def fetch_ok(src: RolesAnywhereSource) -> str:
     try:
         creds = await src.fetch()
@@ -97,10 +78,10 @@ async def refusal(src: RolesAnywhereSource) -> UpstreamError:
 
 
 async def test_through_proxy_with_credentials_and_ca_bundle(
-    tmp_path: Path, emu: TLSEmulator, auth_proxy: Tinyproxy
+    tmp_path: Path, emu: TLSEmulator, auth_proxy: Tinyproxy, creds_file: Path
 ) -> None:
     src = source(tmp_path, emu, proxy=auth_proxy.url, ca_bundle=str(emu.tls_ca_pem),
-                 proxy_credentials_file=str(creds_file(tmp_path, "alice:s3cret\n")))
+                 proxy_credentials_file=str(creds_file))
     assert (await fetch_ok(src)).startswith("ASIA")
     assert auth_proxy.connects()[-1] == emu.url.removeprefix("https://")
     assert emu.emulator.succeeded == 1
@@ -141,8 +122,9 @@ async def test_407_is_named(tmp_path: Path, emu: TLSEmulator, auth_proxy: Tinypr
 async def test_wrong_credentials_are_named_not_shown(
     tmp_path: Path, emu: TLSEmulator, auth_proxy: Tinyproxy
 ) -> None:
+    wrong = credentials_file(tmp_path / "proxy.auth", "alice", "hunter2")
     src = source(tmp_path, emu, proxy=auth_proxy.url, ca_bundle=str(emu.tls_ca_pem),
-                 proxy_credentials_file=str(creds_file(tmp_path, "alice:hunter2\n")))
+                 proxy_credentials_file=str(wrong))
     error = await refusal(src)
     assert "401 Unauthorized (the proxy refused the credentials" in error.message
     assert "hunter2" not in str(error)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,37 +18,10 @@ from credential_sidecar.upstream.access_keys import AccessKeySource
 from credential_sidecar.upstream.aws_network import BotoNetwork, boto_network, classify_botocore
 from credential_sidecar.upstream.base import UpstreamError
 from tests.helpers.moto_tls import MotoTLS, run_moto_tls
-from tests.helpers.tinyproxy import Tinyproxy, proxy_fixture
+from tests.helpers.tinyproxy import Tinyproxy
 
-AUTH = ("alice", "s3cret")
-
-open_proxy = proxy_fixture()
-auth_proxy = proxy_fixture(basic_auth=AUTH)
-deny_proxy = proxy_fixture(connect_ports=[443])  # CONNECT only to 443: our ports are refused
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each async test, collect, so an unclosed socket or transport fails its own test."""
-    yield
-    if inspect.iscoroutinefunction(request.function):
-        gc.collect()
-
-
-@pytest.fixture
-def creds_file(tmp_path: Path) -> Path:
-    path = tmp_path / "proxy-credentials"
-    path.write_text(f"{AUTH[0]}:{AUTH[1]}\n")
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture
-def bad_creds_file(tmp_path: Path) -> Path:
-    path = tmp_path / "proxy-credentials-bad"
-    path.write_text(f"{AUTH[0]}:wrong\n")
-    path.chmod(0o600)
-    return path
+# open_proxy, auth_proxy, deny_proxy, creds_file and bad_creds_file: tests/e2e/conftest.py
+pytestmark = pytest.mark.usefixtures("collect_garbage")  # tests/e2e/conftest.py
 
 
 @pytest.fixture(scope="module")
