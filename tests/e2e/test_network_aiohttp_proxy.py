@@ -54,6 +54,19 @@ async def failure(r: Route) -> tuple[BaseException, str]:
     return info.value, classify(info.value, r.url, r.proxy, ca_bundle=r.ca_bundle)
 
 
+async def tunnel_refused(r: Route) -> tuple[aiohttp.ClientHttpProxyError, str]:
+    """A failure that is the proxy refusing the CONNECT with a status (407, 401, 403...)."""
+    exc, message = await failure(r)
+    assert isinstance(exc, aiohttp.ClientHttpProxyError)
+    return exc, message
+
+
+def via_auth_proxy(server: TLSServer, auth_proxy: Tinyproxy, credentials: Path) -> Route:
+    """To ``server`` through auth_proxy with the proxy credentials in ``credentials``."""
+    return route(server.url, proxy=auth_proxy.url, proxy_credentials_file=credentials,
+                 ca_bundle=server.ca_pem, env={})
+
+
 def _port(url: str) -> str:
     return url.rsplit(":", 1)[1].split("/")[0]
 
@@ -132,13 +145,7 @@ async def test_proxy_log_lists_connects(open_proxy: Tinyproxy, tls_server: TLSSe
 async def test_auth_proxy_with_credentials(
     auth_proxy: Tinyproxy, tls_server: TLSServer, creds_file: Path
 ) -> None:
-    r = route(
-        tls_server.url,
-        proxy=auth_proxy.url,
-        proxy_credentials_file=creds_file,
-        ca_bundle=tls_server.ca_pem,
-        env={},
-    )
+    r = via_auth_proxy(tls_server, auth_proxy, creds_file)
     assert "s3cret" not in repr(r) and "s3cret" not in r.describe()
     assert await fetch(r) == (200, "ok")
 
@@ -147,8 +154,7 @@ async def test_auth_proxy_without_credentials_407(
     auth_proxy: Tinyproxy, tls_server: TLSServer
 ) -> None:
     r = route(tls_server.url, proxy=auth_proxy.url, ca_bundle=tls_server.ca_pem, env={})
-    exc, message = await failure(r)
-    assert isinstance(exc, aiohttp.ClientHttpProxyError)
+    exc, message = await tunnel_refused(r)
     assert (exc.status, exc.message) == (407, "Proxy Authentication Required")
     assert exc.headers is not None
     assert exc.headers["Proxy-Authenticate"] == 'Basic realm="Tinyproxy"'
@@ -162,15 +168,8 @@ async def test_auth_proxy_without_credentials_407(
 async def test_auth_proxy_wrong_credentials_401(
     auth_proxy: Tinyproxy, tls_server: TLSServer, bad_creds_file: Path
 ) -> None:
-    r = route(
-        tls_server.url,
-        proxy=auth_proxy.url,
-        proxy_credentials_file=bad_creds_file,
-        ca_bundle=tls_server.ca_pem,
-        env={},
-    )
-    exc, message = await failure(r)
-    assert isinstance(exc, aiohttp.ClientHttpProxyError)
+    r = via_auth_proxy(tls_server, auth_proxy, bad_creds_file)
+    exc, message = await tunnel_refused(r)
     assert (exc.status, exc.message) == (401, "Unauthorized")  # tinyproxy: 401, not 407
     assert "401 Unauthorized (the proxy refused the credentials" in message
     assert "wrong" not in message
@@ -209,8 +208,7 @@ async def test_http_target_through_proxy_with_credentials(
 
 async def test_connect_port_refused_403(deny_proxy: Tinyproxy, tls_server: TLSServer) -> None:
     r = route(tls_server.url, proxy=deny_proxy.url, ca_bundle=tls_server.ca_pem, env={})
-    exc, message = await failure(r)
-    assert isinstance(exc, aiohttp.ClientHttpProxyError)
+    exc, message = await tunnel_refused(r)
     assert (exc.status, exc.message) == (403, "Access violation")
     assert message.startswith(
         f"proxy {deny_proxy.url} refused the CONNECT to 127.0.0.1:{tls_server.port}: "
@@ -223,8 +221,7 @@ async def test_client_not_allowed_403(
     closed_client_proxy: Tinyproxy, tls_server: TLSServer
 ) -> None:
     r = route(tls_server.url, proxy=closed_client_proxy.url, ca_bundle=tls_server.ca_pem, env={})
-    exc, message = await failure(r)
-    assert isinstance(exc, aiohttp.ClientHttpProxyError)
+    exc, message = await tunnel_refused(r)
     assert (exc.status, exc.message) == (403, "Access denied")
     assert ": 403 Access denied (" in message
 
