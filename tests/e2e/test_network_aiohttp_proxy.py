@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import gc
-import inspect
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,36 +24,9 @@ from tests.helpers.tinyproxy import Tinyproxy, proxy_fixture
 from tests.helpers.tls_pki import CA
 from tests.helpers.tls_servers import TLSServer, http_server, https_server
 
-AUTH = ("alice", "s3cret")
-
-open_proxy = proxy_fixture()
-auth_proxy = proxy_fixture(basic_auth=AUTH)
-deny_proxy = proxy_fixture(connect_ports=[443])  # CONNECT only to 443: our ports are refused
+# open_proxy, auth_proxy, deny_proxy, creds_file and bad_creds_file: tests/e2e/conftest.py
 closed_client_proxy = proxy_fixture(allow=["192.0.2.0/24"])  # not us: 403 Access denied
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each async test, collect, so an unclosed socket or transport fails its own test."""
-    yield
-    if inspect.iscoroutinefunction(request.function):
-        gc.collect()
-
-
-@pytest.fixture
-def creds_file(tmp_path: Path) -> Path:
-    path = tmp_path / "proxy-credentials"
-    path.write_text(f"{AUTH[0]}:{AUTH[1]}\n")
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture
-def bad_creds_file(tmp_path: Path) -> Path:
-    path = tmp_path / "proxy-credentials-bad"
-    path.write_text(f"{AUTH[0]}:wrong\n")
-    path.chmod(0o600)
-    return path
+pytestmark = pytest.mark.usefixtures("collect_garbage")  # tests/e2e/conftest.py
 
 
 @pytest.fixture
@@ -81,6 +52,19 @@ async def failure(r: Route) -> tuple[BaseException, str]:
     with pytest.raises((aiohttp.ClientError, ProxyRefused, TimeoutError)) as info:
         await fetch(r)
     return info.value, classify(info.value, r.url, r.proxy, ca_bundle=r.ca_bundle)
+
+
+async def tunnel_refused(r: Route) -> tuple[aiohttp.ClientHttpProxyError, str]:
+    """A failure that is the proxy refusing the CONNECT with a status (407, 401, 403...)."""
+    exc, message = await failure(r)
+    assert isinstance(exc, aiohttp.ClientHttpProxyError)
+    return exc, message
+
+
+def via_auth_proxy(server: TLSServer, auth_proxy: Tinyproxy, credentials: Path) -> Route:
+    """To ``server`` through auth_proxy with the proxy credentials in ``credentials``."""
+    return route(server.url, proxy=auth_proxy.url, proxy_credentials_file=credentials,
+                 ca_bundle=server.ca_pem, env={})
 
 
 def _port(url: str) -> str:
@@ -161,13 +145,7 @@ async def test_proxy_log_lists_connects(open_proxy: Tinyproxy, tls_server: TLSSe
 async def test_auth_proxy_with_credentials(
     auth_proxy: Tinyproxy, tls_server: TLSServer, creds_file: Path
 ) -> None:
-    r = route(
-        tls_server.url,
-        proxy=auth_proxy.url,
-        proxy_credentials_file=creds_file,
-        ca_bundle=tls_server.ca_pem,
-        env={},
-    )
+    r = via_auth_proxy(tls_server, auth_proxy, creds_file)
     assert "s3cret" not in repr(r) and "s3cret" not in r.describe()
     assert await fetch(r) == (200, "ok")
 
@@ -176,8 +154,7 @@ async def test_auth_proxy_without_credentials_407(
     auth_proxy: Tinyproxy, tls_server: TLSServer
 ) -> None:
     r = route(tls_server.url, proxy=auth_proxy.url, ca_bundle=tls_server.ca_pem, env={})
-    exc, message = await failure(r)
-    assert isinstance(exc, aiohttp.ClientHttpProxyError)
+    exc, message = await tunnel_refused(r)
     assert (exc.status, exc.message) == (407, "Proxy Authentication Required")
     assert exc.headers is not None
     assert exc.headers["Proxy-Authenticate"] == 'Basic realm="Tinyproxy"'
@@ -191,15 +168,8 @@ async def test_auth_proxy_without_credentials_407(
 async def test_auth_proxy_wrong_credentials_401(
     auth_proxy: Tinyproxy, tls_server: TLSServer, bad_creds_file: Path
 ) -> None:
-    r = route(
-        tls_server.url,
-        proxy=auth_proxy.url,
-        proxy_credentials_file=bad_creds_file,
-        ca_bundle=tls_server.ca_pem,
-        env={},
-    )
-    exc, message = await failure(r)
-    assert isinstance(exc, aiohttp.ClientHttpProxyError)
+    r = via_auth_proxy(tls_server, auth_proxy, bad_creds_file)
+    exc, message = await tunnel_refused(r)
     assert (exc.status, exc.message) == (401, "Unauthorized")  # tinyproxy: 401, not 407
     assert "401 Unauthorized (the proxy refused the credentials" in message
     assert "wrong" not in message
@@ -238,8 +208,7 @@ async def test_http_target_through_proxy_with_credentials(
 
 async def test_connect_port_refused_403(deny_proxy: Tinyproxy, tls_server: TLSServer) -> None:
     r = route(tls_server.url, proxy=deny_proxy.url, ca_bundle=tls_server.ca_pem, env={})
-    exc, message = await failure(r)
-    assert isinstance(exc, aiohttp.ClientHttpProxyError)
+    exc, message = await tunnel_refused(r)
     assert (exc.status, exc.message) == (403, "Access violation")
     assert message.startswith(
         f"proxy {deny_proxy.url} refused the CONNECT to 127.0.0.1:{tls_server.port}: "
@@ -252,8 +221,7 @@ async def test_client_not_allowed_403(
     closed_client_proxy: Tinyproxy, tls_server: TLSServer
 ) -> None:
     r = route(tls_server.url, proxy=closed_client_proxy.url, ca_bundle=tls_server.ca_pem, env={})
-    exc, message = await failure(r)
-    assert isinstance(exc, aiohttp.ClientHttpProxyError)
+    exc, message = await tunnel_refused(r)
     assert (exc.status, exc.message) == (403, "Access denied")
     assert ": 403 Access denied (" in message
 

@@ -22,14 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import hashlib
-import inspect
 import json
-import ssl
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from credential_sidecar.devtools import pki
 from credential_sidecar.devtools.emulator.server import Emulator, Profile
 from credential_sidecar.upstream.sigv4_x509 import canonical_query
-from tests.helpers.tls_pki import CA
-from tests.helpers.tls_servers import drain
+from tests.helpers.tls_servers import TLSServer, https_server
 
 irs = pytest.importorskip(
     "iam_rolesanywhere_session",
@@ -55,13 +49,7 @@ ANCHOR = f"arn:aws:rolesanywhere:{REGION}:111122223333:trust-anchor/emulator"
 PROFILE = f"arn:aws:rolesanywhere:{REGION}:111122223333:profile/emulator"
 ROLE = "arn:aws:iam::111122223333:role/emulator"
 
-
-@pytest.fixture(autouse=True)
-def _collect_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each async test, collect, so an unclosed socket or transport fails its own test."""
-    yield
-    if inspect.iscoroutinefunction(request.function):
-        gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_garbage")  # tests/e2e/conftest.py
 
 
 @dataclass
@@ -74,37 +62,20 @@ class Seen:
 
 @dataclass
 class Identity:
-    ca_pem: Path  # the TLS server's CA (verify=)
     ca_cert: x509.Certificate  # the trust anchor's CA
     cert_pem: Path
     key_pem: Path
     leaf: x509.Certificate
-    server_ctx: ssl.SSLContext = field(repr=False)
 
 
 def make_identity(tmp: Path) -> Identity:
-    """A Roles Anywhere CA and client certificate (the project's pki), and a TLS server cert."""
+    """A Roles Anywhere CA and client certificate (the project's pki)."""
     anchor = pki.make_ca("network test anchor")
     client = pki.make_leaf(anchor, "workload.example")
     cert_pem, key_pem = tmp / "client.pem", tmp / "client.key"
     cert_pem.write_bytes(client.cert_pem())
     pki.write_private(key_pem, client.key_pem())
-    tls_ca = CA.new()
-    ca_pem = tls_ca.write(tmp / "tls-ca.pem")
-    server_ctx = tls_ca.issue_server("127.0.0.1").server_context(tmp)
-    return Identity(ca_pem, anchor.certificate, cert_pem, key_pem, client.certificate, server_ctx)
-
-
-@asynccontextmanager
-async def serve_tls(app: web.Application, ctx: ssl.SSLContext) -> AsyncIterator[int]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx).start()
-        yield runner.addresses[0][1]
-    finally:
-        await drain(runner)
-        await runner.cleanup()
+    return Identity(anchor.certificate, cert_pem, key_pem, client.certificate)
 
 
 def recorder(seen: list[Seen]) -> web.Application:
@@ -125,7 +96,7 @@ def recorder(seen: list[Seen]) -> web.Application:
     return app
 
 
-def get_credentials(port: int, ident: Identity) -> Any:
+def get_credentials(server: TLSServer, ident: Identity) -> Any:
     session = irs.IAMRolesAnywhereSession(
         profile_arn=PROFILE,
         role_arn=ROLE,
@@ -133,8 +104,8 @@ def get_credentials(port: int, ident: Identity) -> Any:
         certificate=str(ident.cert_pem),
         private_key=str(ident.key_pem),
         region=REGION,
-        endpoint=f"127.0.0.1:{port}",
-        verify=str(ident.ca_pem),
+        endpoint=f"127.0.0.1:{server.port}",
+        verify=str(server.ca_pem),
         session_duration=900,
     )
     try:
@@ -176,8 +147,8 @@ def verify_like_aws(seen: Seen, leaf: x509.Certificate) -> str:
 async def test_request_shape(tmp_path: Path) -> None:
     ident = make_identity(tmp_path)
     seen: list[Seen] = []
-    async with serve_tls(recorder(seen), ident.server_ctx) as port:
-        creds = await asyncio.to_thread(get_credentials, port, ident)
+    async with https_server(tmp_path, names=["127.0.0.1"], app=recorder(seen)) as server:
+        creds = await asyncio.to_thread(get_credentials, server, ident)
     assert creds.access_key == "ASIAEXAMPLE"
     [request] = seen
     assert (request.method, request.path_qs) == ("POST", "/sessions")
@@ -189,7 +160,7 @@ async def test_request_shape(tmp_path: Path) -> None:
     }
     h = request.headers
     assert h["Content-Type"] == "application/x-amz-json-1.0"
-    assert h["Host"] == f"127.0.0.1:{port}"
+    assert h["Host"] == f"127.0.0.1:{server.port}"
     assert base64.b64decode(h["X-Amz-X509"]) == ident.leaf.public_bytes(
         __import__(
             "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]
@@ -223,7 +194,7 @@ async def test_against_project_emulator(tmp_path: Path) -> None:
         trust_anchors={ANCHOR: [ident.ca_cert]},
         profiles={PROFILE: Profile(role_arns=(ROLE,))},
     )
-    async with serve_tls(emulator.app, ident.server_ctx) as port:
-        creds = await asyncio.to_thread(get_credentials, port, ident)
+    async with https_server(tmp_path, names=["127.0.0.1"], app=emulator.app) as server:
+        creds = await asyncio.to_thread(get_credentials, server, ident)
     assert creds.access_key.startswith("ASIA")
     assert emulator.succeeded == 1

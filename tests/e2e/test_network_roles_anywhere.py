@@ -7,15 +7,11 @@ UpstreamError line quoting the proxy's status line or the TLS failure with its h
 
 from __future__ import annotations
 
-import gc
-import inspect
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from credential_sidecar.clock import SystemClock
 from credential_sidecar.config.load import parse_config
@@ -23,26 +19,15 @@ from credential_sidecar.devtools import pki
 from credential_sidecar.devtools.emulator.server import Emulator, Profile
 from credential_sidecar.upstream.base import UpstreamError
 from credential_sidecar.upstream.roles_anywhere import RolesAnywhereSource
-from tests.helpers.tinyproxy import Tinyproxy, proxy_fixture
-from tests.helpers.tls_pki import CA
-from tests.helpers.tls_servers import drain
+from tests.helpers.tinyproxy import Tinyproxy, credentials_file
+from tests.helpers.tls_servers import https_server
 
 ACCOUNT = "111122223333"
 TA = f"arn:aws:rolesanywhere:eu-west-1:{ACCOUNT}:trust-anchor/t"
 PROFILE = f"arn:aws:rolesanywhere:eu-west-1:{ACCOUNT}:profile/p"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/r"
-AUTH = ("alice", "s3cret")
-
-open_proxy = proxy_fixture()
-auth_proxy = proxy_fixture(basic_auth=AUTH)
-deny_proxy = proxy_fixture(connect_ports=[443])
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if inspect.iscoroutinefunction(request.function):
-        gc.collect()
+# open_proxy, auth_proxy, deny_proxy and creds_file: tests/e2e/conftest.py
+pytestmark = pytest.mark.usefixtures("collect_garbage")  # tests/e2e/conftest.py
 
 
 @dataclass
@@ -53,28 +38,13 @@ class TLSEmulator:
     tls_ca_pem: Path
 
 
-@asynccontextmanager
-async def tls_emulator(tmp: Path) -> AsyncIterator[TLSEmulator]:
-    anchor = pki.make_ca("network anchor")
-    emu = Emulator(trust_anchors={TA: [anchor.certificate]}, profiles={PROFILE: Profile((ROLE,))})
-    tls_ca = CA.new()
-    ca_pem = tls_ca.write(tmp / "tls-ca.pem")
-    context = tls_ca.issue_server("127.0.0.1").server_context(tmp)
-    runner = web.AppRunner(emu.app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
-        port = runner.addresses[0][1]
-        yield TLSEmulator(emu, f"https://127.0.0.1:{port}", anchor, ca_pem)
-    finally:
-        await drain(runner)
-        await runner.cleanup()
-
-
 @pytest.fixture
 async def emu(tmp_path: Path) -> AsyncIterator[TLSEmulator]:
-    async with tls_emulator(tmp_path) as server:
-        yield server
+    """The emulator, trusting a fresh anchor, over TLS on 127.0.0.1 (a cert for it alone)."""
+    anchor = pki.make_ca("network anchor")
+    emu = Emulator(trust_anchors={TA: [anchor.certificate]}, profiles={PROFILE: Profile((ROLE,))})
+    async with https_server(tmp_path, names=["127.0.0.1"], app=emu.app) as server:
+        yield TLSEmulator(emu, server.url, anchor, server.ca_pem)
 
 
 def source(tmp: Path, emu: TLSEmulator, **extra: object) -> RolesAnywhereSource:
@@ -88,13 +58,6 @@ def source(tmp: Path, emu: TLSEmulator, **extra: object) -> RolesAnywhereSource:
     }
     config = parse_config({"connections": [conn]})
     return RolesAnywhereSource(config.connections[0], SystemClock(), timeout=5.0)  # type: ignore[arg-type]
-
-
-def creds_file(tmp: Path, text: str) -> Path:
-    path = tmp / "proxy.auth"
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
 
 
 async def fetch_ok(src: RolesAnywhereSource) -> str:
@@ -115,10 +78,10 @@ async def refusal(src: RolesAnywhereSource) -> UpstreamError:
 
 
 async def test_through_proxy_with_credentials_and_ca_bundle(
-    tmp_path: Path, emu: TLSEmulator, auth_proxy: Tinyproxy
+    tmp_path: Path, emu: TLSEmulator, auth_proxy: Tinyproxy, creds_file: Path
 ) -> None:
     src = source(tmp_path, emu, proxy=auth_proxy.url, ca_bundle=str(emu.tls_ca_pem),
-                 proxy_credentials_file=str(creds_file(tmp_path, "alice:s3cret\n")))
+                 proxy_credentials_file=str(creds_file))
     assert (await fetch_ok(src)).startswith("ASIA")
     assert auth_proxy.connects()[-1] == emu.url.removeprefix("https://")
     assert emu.emulator.succeeded == 1
@@ -159,8 +122,9 @@ async def test_407_is_named(tmp_path: Path, emu: TLSEmulator, auth_proxy: Tinypr
 async def test_wrong_credentials_are_named_not_shown(
     tmp_path: Path, emu: TLSEmulator, auth_proxy: Tinyproxy
 ) -> None:
+    wrong = credentials_file(tmp_path / "proxy.auth", "alice", "hunter2")
     src = source(tmp_path, emu, proxy=auth_proxy.url, ca_bundle=str(emu.tls_ca_pem),
-                 proxy_credentials_file=str(creds_file(tmp_path, "alice:hunter2\n")))
+                 proxy_credentials_file=str(wrong))
     error = await refusal(src)
     assert "401 Unauthorized (the proxy refused the credentials" in error.message
     assert "hunter2" not in str(error)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,37 +18,12 @@ from credential_sidecar.upstream.access_keys import AccessKeySource
 from credential_sidecar.upstream.aws_network import BotoNetwork, boto_network, classify_botocore
 from credential_sidecar.upstream.base import UpstreamError
 from tests.helpers.moto_tls import MotoTLS, run_moto_tls
-from tests.helpers.tinyproxy import Tinyproxy, proxy_fixture
+from tests.helpers.tinyproxy import Tinyproxy
 
-AUTH = ("alice", "s3cret")
+# open_proxy, auth_proxy, deny_proxy, creds_file and bad_creds_file: tests/e2e/conftest.py
+pytestmark = pytest.mark.usefixtures("collect_garbage")  # tests/e2e/conftest.py
 
-open_proxy = proxy_fixture()
-auth_proxy = proxy_fixture(basic_auth=AUTH)
-deny_proxy = proxy_fixture(connect_ports=[443])  # CONNECT only to 443: our ports are refused
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each async test, collect, so an unclosed socket or transport fails its own test."""
-    yield
-    if inspect.iscoroutinefunction(request.function):
-        gc.collect()
-
-
-@pytest.fixture
-def creds_file(tmp_path: Path) -> Path:
-    path = tmp_path / "proxy-credentials"
-    path.write_text(f"{AUTH[0]}:{AUTH[1]}\n")
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture
-def bad_creds_file(tmp_path: Path) -> Path:
-    path = tmp_path / "proxy-credentials-bad"
-    path.write_text(f"{AUTH[0]}:wrong\n")
-    path.chmod(0o600)
-    return path
+KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 
 
 @pytest.fixture(scope="module")
@@ -59,25 +32,38 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoTLS]:
         yield server
 
 
+async def get_caller_identity(
+    endpoint_url: str, config: AioConfig, **client_kwargs: Any
+) -> dict[str, Any]:
+    """STS GetCallerIdentity at ``endpoint_url`` with a made-up key (moto takes any)."""
+    async with AioSession().create_client(
+        "sts",
+        region_name="us-east-1",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key="x" * 40,
+        config=config,
+        **client_kwargs,
+    ) as client:
+        response: dict[str, Any] = await client.get_caller_identity()
+        return response
+
+
 async def caller_identity(net: BotoNetwork) -> dict[str, Any]:
-    session = AioSession()
+    """GetCallerIdentity with the settings boto_network gives botocore (proxies, verify)."""
     config = AioConfig(
         retries={"total_max_attempts": 1},
         connect_timeout=5,
         read_timeout=10,
         **net.config_kwargs(),
     )
-    async with session.create_client(
-        "sts",
-        region_name="us-east-1",
-        endpoint_url=net.endpoint_url,
-        aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
-        aws_secret_access_key="x" * 40,
-        config=config,
-        **net.client_kwargs(),
-    ) as client:
-        response: dict[str, Any] = await client.get_caller_identity()
-        return response
+    return await get_caller_identity(net.endpoint_url, config, **net.client_kwargs())
+
+
+def via_auth_proxy(moto: MotoTLS, auth_proxy: Tinyproxy, credentials: Path) -> BotoNetwork:
+    """To moto through auth_proxy with the proxy credentials in ``credentials``."""
+    return boto_network(moto.url, proxy=auth_proxy.url, proxy_credentials_file=credentials,
+                        ca_bundle=moto.ca_pem, env={})
 
 
 async def test_direct(moto: MotoTLS) -> None:
@@ -94,13 +80,7 @@ async def test_through_proxy(moto: MotoTLS, open_proxy: Tinyproxy) -> None:
 
 
 async def test_through_auth_proxy(moto: MotoTLS, auth_proxy: Tinyproxy, creds_file: Path) -> None:
-    net = boto_network(
-        moto.url,
-        proxy=auth_proxy.url,
-        proxy_credentials_file=creds_file,
-        ca_bundle=moto.ca_pem,
-        env={},
-    )
+    net = via_auth_proxy(moto, auth_proxy, creds_file)
     assert "s3cret" not in repr(net) and "s3cret" not in net.describe()
     assert (await caller_identity(net))["Account"] == "123456789012"
 
@@ -122,29 +102,12 @@ async def test_botocore_own_env_handling_ignores_cidr(
 ) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")
     monkeypatch.setenv("NO_PROXY", "127.0.0.0/8")
-    session = AioSession()
-    async with session.create_client(
-        "sts",
-        region_name="us-east-1",
-        endpoint_url=moto.url,
-        verify=str(moto.ca_pem),
-        aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
-        aws_secret_access_key="x" * 40,
-        config=AioConfig(retries={"total_max_attempts": 1}),  # proxies=None: botocore decides
-    ) as client:
-        with pytest.raises(ProxyConnectionError):
-            await client.get_caller_identity()
+    botocore_decides = AioConfig(retries={"total_max_attempts": 1})  # proxies=None
+    with pytest.raises(ProxyConnectionError):
+        await get_caller_identity(moto.url, botocore_decides, verify=str(moto.ca_pem))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # an exact name works there
-    async with session.create_client(
-        "sts",
-        region_name="us-east-1",
-        endpoint_url=moto.url,
-        verify=str(moto.ca_pem),
-        aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
-        aws_secret_access_key="x" * 40,
-        config=AioConfig(retries={"total_max_attempts": 1}),
-    ) as client:
-        assert (await client.get_caller_identity())["Account"] == "123456789012"
+    identity = await get_caller_identity(moto.url, botocore_decides, verify=str(moto.ca_pem))
+    assert identity["Account"] == "123456789012"
 
 
 async def failure(net: BotoNetwork) -> tuple[BaseException, str]:
@@ -166,13 +129,7 @@ async def test_proxy_407(moto: MotoTLS, auth_proxy: Tinyproxy) -> None:
 async def test_proxy_wrong_credentials(
     moto: MotoTLS, auth_proxy: Tinyproxy, bad_creds_file: Path
 ) -> None:
-    net = boto_network(
-        moto.url,
-        proxy=auth_proxy.url,
-        proxy_credentials_file=bad_creds_file,
-        ca_bundle=moto.ca_pem,
-        env={},
-    )
+    net = via_auth_proxy(moto, auth_proxy, bad_creds_file)
     exc, message = await failure(net)
     assert isinstance(exc, ProxyConnectionError)
     assert "***:***@" in str(exc) and "wrong" not in str(exc)  # botocore masks the userinfo
@@ -214,8 +171,6 @@ async def test_proxy_unreachable(moto: MotoTLS) -> None:
 
 
 # --- the daemon's AccessKeySource with the connection's network settings -------------------------
-
-KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 
 
 def key_source(tmp: Path, moto: MotoTLS, **extra: Any) -> AccessKeySource:

@@ -4,9 +4,9 @@
     result = run("v2creds", ["-provider", "imds"], env)   # parsed JSON
 
 A binary is kept under CACHE_DIR (~/.cache/credential-sidecar-tests/go, or $CSC_GO_CACHE)
-named by a hash of its sources, the Go version and the Debian versions of the SDK packages, so a
-rebuild happens only when one of those changes. Go's own build cache (GOCACHE) sits beside it
-and makes a rebuild after an edit take seconds.
+named by a hash of its sources (its own and the shared csclients/common), the Go version and
+the Debian versions of the SDK packages, so a rebuild happens only when one of those changes.
+Go's own build cache (GOCACHE) sits beside it and makes a rebuild after an edit take seconds.
 
     python -m tests.helpers.go_clients build [NAME...]   # prints name, path, seconds, cached
 """
@@ -30,6 +30,7 @@ from tests.helpers import procs
 GO_ROOT = procs.ROOT / "tests" / "go"
 SRC = GO_ROOT / "src" / "csclients"
 PROGRAMS = ("v1creds", "v2creds")
+SHARED = ("common",)  # packages under SRC that every program imports (csclients/common)
 DEBIAN_GOPATH = Path("/usr/share/gocode")
 # Outside the work tree, so a fresh clone (CI) on the same machine reuses the binaries.
 CACHE_DIR = Path(os.environ.get("CSC_GO_CACHE") or Path(
@@ -57,8 +58,9 @@ def _toolchain_id() -> str:
 
 
 def source_hash(name: str) -> str:
+    """A hash of the program's sources and of the shared packages it builds with."""
     digest = hashlib.sha256(_toolchain_id().encode())
-    for path in sorted((SRC / name).rglob("*")):
+    for path in sorted(p for part in (name, *SHARED) for p in (SRC / part).rglob("*")):
         if path.is_file():
             digest.update(str(path.relative_to(SRC)).encode() + b"\0")
             digest.update(path.read_bytes() + b"\0")

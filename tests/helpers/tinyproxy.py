@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 TINYPROXY = "/usr/sbin/tinyproxy"
+BASIC_AUTH = ("alice", "s3cret")  # the user and password the tests' auth proxies want
 _REQUEST_RE = re.compile(r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP/")
 
 
@@ -69,6 +70,13 @@ class Tinyproxy:
 
     def connects(self) -> list[str]:
         return [target for method, target in self.requests() if method == "CONNECT"]
+
+
+def credentials_file(path: Path, user: str, password: str) -> Path:
+    """A proxy_credentials_file as the daemon wants it: ``user:password`` in a 0600 file."""
+    path.write_text(f"{user}:{password}\n")
+    path.chmod(0o600)
+    return path
 
 
 def _config(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -37,6 +38,36 @@ class TLSServer:
     hits: list[str] = field(default_factory=list)
 
 
+def _ok_app(hits: list[str], *, with_host: bool) -> web.Application:
+    """Any path -> ``ok``; each request noted in ``hits`` (with its Host when ``with_host``)."""
+
+    async def ok(request: web.Request) -> web.Response:
+        hit = f"{request.method} {request.path_qs}"
+        hits.append(f"{hit} host={request.host}" if with_host else hit)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ok)
+    return app
+
+
+@asynccontextmanager
+async def _serve(
+    app: web.Application, hits: list[str], ca_pem: Path, ssl_context: ssl.SSLContext | None
+) -> AsyncIterator[TLSServer]:
+    """Serve ``app`` on a free 127.0.0.1 port (https with ``ssl_context``, else http)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+        port = runner.addresses[0][1]
+        scheme = "http" if ssl_context is None else "https"
+        yield TLSServer(f"{scheme}://127.0.0.1:{port}", port, ca_pem, hits)
+    finally:
+        await drain(runner)
+        await runner.cleanup()
+
+
 @asynccontextmanager
 async def https_server(
     tmp: Path,
@@ -45,29 +76,18 @@ async def https_server(
     app: web.Application | None = None,
     ca: CA | None = None,
 ) -> AsyncIterator[TLSServer]:
-    """Serve ``app`` (default: any path -> ``ok``) over TLS with a cert for ``names``."""
+    """Serve ``app`` (default: any path -> ``ok``) over TLS with a cert for ``names``.
+
+    The server's CA is written to ``tmp/ca.pem`` (``TLSServer.ca_pem``).
+    """
     ca = ca or CA.new()
     ca_pem = ca.write(tmp / "ca.pem")
     server_ctx = ca.issue_server(*names).server_context(tmp)
     hits: list[str] = []
     if app is None:
-        app = web.Application()
-
-        async def ok(request: web.Request) -> web.Response:
-            hits.append(f"{request.method} {request.path_qs} host={request.host}")
-            return web.Response(text="ok")
-
-        app.router.add_route("*", "/{tail:.*}", ok)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
-        await site.start()
-        port = runner.addresses[0][1]
-        yield TLSServer(f"https://127.0.0.1:{port}", port, ca_pem, hits)
-    finally:
-        await drain(runner)
-        await runner.cleanup()
+        app = _ok_app(hits, with_host=True)
+    async with _serve(app, hits, ca_pem, server_ctx) as server:
+        yield server
 
 
 @asynccontextmanager
@@ -75,20 +95,6 @@ async def http_server(app: web.Application | None = None) -> AsyncIterator[TLSSe
     """Plain http on 127.0.0.1 (for proxy tests of http:// targets)."""
     hits: list[str] = []
     if app is None:
-        app = web.Application()
-
-        async def ok(request: web.Request) -> web.Response:
-            hits.append(f"{request.method} {request.path_qs}")
-            return web.Response(text="ok")
-
-        app.router.add_route("*", "/{tail:.*}", ok)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        yield TLSServer(f"http://127.0.0.1:{port}", port, Path("/nonexistent"), hits)
-    finally:
-        await drain(runner)
-        await runner.cleanup()
+        app = _ok_app(hits, with_host=False)
+    async with _serve(app, hits, Path("/nonexistent"), None) as server:
+        yield server

@@ -21,14 +21,9 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
-	"flag"
-	"fmt"
 	"io"
-	"os"
-	"strings"
-	"time"
+
+	"csclients/common"
 
 	"github.com/aws/aws-sdk-go/aws"
 	"github.com/aws/aws-sdk-go/aws/credentials"
@@ -42,86 +37,64 @@ import (
 
 const sdkVersion = "aws-sdk-go " + aws.SDKVersion
 
-type s3Result struct {
-	Endpoint string   `json:"endpoint"`
-	Buckets  []string `json:"buckets"`
-	PutKey   string   `json:"put_key,omitempty"`
-	PutETag  string   `json:"put_etag,omitempty"`
-}
+// s3Client is aws-sdk-go's S3 client behind common.S3Client.
+type s3Client struct{ *s3.S3 }
 
-type output struct {
-	SDK             string         `json:"sdk"`
-	Provider        string         `json:"provider"`
-	Source          string         `json:"source"`
-	AccessKeyID     string         `json:"access_key_id"`
-	SecretAccessKey string         `json:"secret_access_key"`
-	SessionToken    string         `json:"session_token"`
-	CanExpire       bool           `json:"can_expire"`
-	Expires         string         `json:"expires,omitempty"`
-	ExpiresError    string         `json:"expires_error,omitempty"`
-	TokenFrom       string         `json:"token_from,omitempty"`
-	Region          string         `json:"region,omitempty"`
-	IdentityDoc     map[string]any `json:"identity_document,omitempty"`
-	S3              *s3Result      `json:"s3,omitempty"`
-}
-
-func fail(stage string, err error) {
-	enc := json.NewEncoder(os.Stdout)
-	_ = enc.Encode(map[string]string{"error": err.Error(), "stage": stage, "sdk": sdkVersion})
-	os.Exit(2)
-}
-
-func containerToken() (string, string, error) {
-	if tok := os.Getenv("AWS_CONTAINER_AUTHORIZATION_TOKEN"); tok != "" {
-		return tok, "env", nil
+func (c s3Client) ListBuckets(ctx context.Context) ([]string, error) {
+	listed, err := c.ListBucketsWithContext(ctx, &s3.ListBucketsInput{})
+	if err != nil {
+		return nil, err
 	}
-	if path := os.Getenv("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"); path != "" {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return "", "", err
-		}
-		return strings.TrimSpace(string(data)), "file (read by the program)", nil
+	names := []string{}
+	for _, b := range listed.Buckets {
+		names = append(names, aws.StringValue(b.Name))
 	}
-	return "", "none", nil
+	return names, nil
+}
+
+func (c s3Client) PutObject(ctx context.Context, bucket, key string, body []byte) (string, error) {
+	put, err := c.PutObjectWithContext(ctx, &s3.PutObjectInput{
+		Bucket: aws.String(bucket), Key: aws.String(key), Body: bytes.NewReader(body),
+	})
+	if err != nil {
+		return "", err
+	}
+	return aws.StringValue(put.ETag), nil
+}
+
+func (c s3Client) GetObject(ctx context.Context, bucket, key string) (io.ReadCloser, error) {
+	got, err := c.GetObjectWithContext(ctx, &s3.GetObjectInput{
+		Bucket: aws.String(bucket), Key: aws.String(key),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return got.Body, nil
 }
 
 func main() {
-	provider := flag.String("provider", "chain", "chain|imds|container|process")
-	imdsEndpoint := flag.String("imds-endpoint", "", "IMDS endpoint (default: env or 169.254.169.254)")
-	imdsExtras := flag.Bool("imds-extras", false, "also read placement/region and the identity document")
-	command := flag.String("command", "", "credential_process command for -provider process")
-	region := flag.String("region", "", "region for S3 (default: config/env, else us-east-1)")
-	s3Endpoint := flag.String("s3-endpoint", "", "S3 endpoint override (path-style)")
-	bucket := flag.String("bucket", "", "bucket for PutObject (needs -s3-endpoint)")
-	key := flag.String("key", "go-v1-object.txt", "key for PutObject")
-	timeout := flag.Duration("timeout", 30*time.Second, "overall timeout")
-	flag.Parse()
-
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	run, ctx, cancel := common.Start(sdkVersion, "go-v1-object.txt")
 	defer cancel()
 
 	sess, err := session.NewSessionWithOptions(session.Options{
 		Config:            aws.Config{CredentialsChainVerboseErrors: aws.Bool(true)},
 		SharedConfigState: session.SharedConfigEnable,
-		EC2IMDSEndpoint:   *imdsEndpoint,
+		EC2IMDSEndpoint:   run.IMDSEndpoint,
 	})
-	if err != nil {
-		fail("session", err)
-	}
-	if *region != "" {
-		sess.Config.Region = aws.String(*region)
+	run.FailOn("session", err)
+	if run.Region != "" {
+		sess.Config.Region = aws.String(run.Region)
 	}
 	if aws.StringValue(sess.Config.Region) == "" {
 		sess.Config.Region = aws.String("us-east-1")
 	}
-	out := output{SDK: sdkVersion, Provider: *provider}
 
 	var meta *ec2metadata.EC2Metadata
 	newIMDS := func() *ec2metadata.EC2Metadata {
 		if meta == nil {
 			cfg := aws.NewConfig()
-			if *imdsEndpoint != "" {
-				cfg = cfg.WithEndpoint(*imdsEndpoint)
+			if run.IMDSEndpoint != "" {
+				cfg = cfg.WithEndpoint(run.IMDSEndpoint)
 			}
 			meta = ec2metadata.New(sess, cfg)
 		}
@@ -129,100 +102,47 @@ func main() {
 	}
 
 	var creds *credentials.Credentials
-	switch *provider {
+	switch run.Provider {
 	case "chain":
 		creds = sess.Config.Credentials
 	case "imds":
 		creds = ec2rolecreds.NewCredentialsWithClient(newIMDS())
 	case "container":
-		uri := os.Getenv("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-		if uri == "" {
-			fail("container", errors.New("AWS_CONTAINER_CREDENTIALS_FULL_URI is not set"))
-		}
-		tok, from, terr := containerToken()
-		if terr != nil {
-			fail("container-token", terr)
-		}
-		out.TokenFrom = from
+		uri, tok := run.ContainerEndpoint()
 		creds = endpointcreds.NewCredentialsClient(*sess.Config, sess.Handlers, uri,
 			func(p *endpointcreds.Provider) { p.AuthorizationToken = tok })
 	case "process":
-		if *command == "" {
-			fail("process", errors.New("-command is required"))
-		}
-		creds = processcreds.NewCredentials(*command)
+		creds = processcreds.NewCredentials(run.ProcessCommand())
 	default:
-		fail("flags", fmt.Errorf("unknown provider %q", *provider))
+		run.UnknownProvider()
 	}
 
 	value, err := creds.GetWithContext(ctx)
-	if err != nil {
-		fail("retrieve", err)
-	}
-	out.Source = value.ProviderName
-	out.AccessKeyID = value.AccessKeyID
-	out.SecretAccessKey = value.SecretAccessKey
-	out.SessionToken = value.SessionToken
+	run.FailOn("retrieve", err)
+	run.Credentials(value.ProviderName, value.AccessKeyID, value.SecretAccessKey, value.SessionToken)
 	if expires, eerr := creds.ExpiresAt(); eerr == nil {
-		out.CanExpire = true
-		out.Expires = expires.UTC().Format(time.RFC3339)
+		run.Expires(expires)
 	} else {
-		out.ExpiresError = eerr.Error()
+		run.Out.ExpiresError = eerr.Error()
 	}
 
-	if *imdsExtras {
+	if run.IMDSExtras {
 		reg, rerr := newIMDS().RegionWithContext(ctx)
-		if rerr != nil {
-			fail("imds-region", rerr)
-		}
-		out.Region = reg
+		run.FailOn("imds-region", rerr)
+		run.Out.Region = reg
 		doc, derr := newIMDS().GetInstanceIdentityDocumentWithContext(ctx)
-		if derr != nil {
-			fail("imds-identity-document", derr)
-		}
-		raw, _ := json.Marshal(doc)
-		_ = json.Unmarshal(raw, &out.IdentityDoc)
+		run.FailOn("imds-identity-document", derr)
+		run.IdentityDocument(doc)
 	}
 
-	if *s3Endpoint != "" {
+	if run.S3Endpoint != "" {
 		client := s3.New(sess, &aws.Config{
 			Credentials:      creds,
-			Endpoint:         aws.String(*s3Endpoint),
+			Endpoint:         aws.String(run.S3Endpoint),
 			S3ForcePathStyle: aws.Bool(true),
 		})
-		res := &s3Result{Endpoint: *s3Endpoint, Buckets: []string{}}
-		listed, lerr := client.ListBucketsWithContext(ctx, &s3.ListBucketsInput{})
-		if lerr != nil {
-			fail("s3-list-buckets", lerr)
-		}
-		for _, b := range listed.Buckets {
-			res.Buckets = append(res.Buckets, aws.StringValue(b.Name))
-		}
-		if *bucket != "" {
-			body := []byte("written by " + sdkVersion + " with " + value.AccessKeyID + "\n")
-			put, perr := client.PutObjectWithContext(ctx, &s3.PutObjectInput{
-				Bucket: bucket, Key: key, Body: bytes.NewReader(body),
-			})
-			if perr != nil {
-				fail("s3-put-object", perr)
-			}
-			res.PutKey = *key
-			res.PutETag = aws.StringValue(put.ETag)
-			got, gerr := client.GetObjectWithContext(ctx, &s3.GetObjectInput{Bucket: bucket, Key: key})
-			if gerr != nil {
-				fail("s3-get-object", gerr)
-			}
-			data, _ := io.ReadAll(got.Body)
-			_ = got.Body.Close()
-			if !bytes.Equal(data, body) {
-				fail("s3-get-object", errors.New("object read back differs"))
-			}
-		}
-		out.S3 = res
+		run.S3RoundTrip(ctx, s3Client{client}, value.AccessKeyID)
 	}
 
-	enc := json.NewEncoder(os.Stdout)
-	if err := enc.Encode(out); err != nil {
-		fail("encode", err)
-	}
+	run.Print()
 }
