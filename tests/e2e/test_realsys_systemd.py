@@ -310,19 +310,18 @@ def test_each_app_user_gets_only_what_its_connection_allows(guest: nspawn.Machin
     assert secret not in journal and "reports" in journal
 
 
-POLLER = f"""
-import json, sys, time, urllib.request
+def poller(imports: str, attempt: str) -> str:
+    """A guest-side script that runs ``attempt`` (statements that raise on a failure) every
+    10 ms for argv[1] seconds and prints how many passed and failed, and the first failure."""
+    body = "\n".join("        " + line for line in attempt.strip().splitlines())
+    return f"""
+import json, sys, time, {imports}
 ok = errors = 0
 first = None
 end = time.monotonic() + float(sys.argv[1])
 while time.monotonic() < end:
     try:
-        put = urllib.request.Request("http://{IMDS}/latest/api/token", method="PUT",
-                                     headers={{"X-aws-ec2-metadata-token-ttl-seconds": "60"}})
-        token = urllib.request.urlopen(put, timeout=5).read().decode()
-        get = urllib.request.Request("http://{IMDS}/{h.IMDS_CREDS}reports",
-                                     headers={{"X-aws-ec2-metadata-token": token}})
-        assert json.loads(urllib.request.urlopen(get, timeout=5).read())["Code"] == "Success"
+{body}
         ok += 1
     except Exception as exc:
         errors += 1
@@ -331,26 +330,24 @@ while time.monotonic() < end:
 print(json.dumps({{"ok": ok, "errors": errors, "first": first}}))
 """
 
+
+# A whole IMDSv2 fetch, as an SDK makes it.
+POLLER = poller("urllib.request", f"""
+put = urllib.request.Request("http://{IMDS}/latest/api/token", method="PUT",
+                             headers={{"X-aws-ec2-metadata-token-ttl-seconds": "60"}})
+token = urllib.request.urlopen(put, timeout=5).read().decode()
+get = urllib.request.Request("http://{IMDS}/{h.IMDS_CREDS}reports",
+                             headers={{"X-aws-ec2-metadata-token": token}})
+assert json.loads(urllib.request.urlopen(get, timeout=5).read())["Code"] == "Success"
+""")
 
 # credential_process as alice's SDK runs it (README: the script pip installed, under -I -S), in a
 # loop: every run must print a set.
-PROCESS_POLLER = f"""
-import json, subprocess, sys, time
-ok = errors = 0
-first = None
-end = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end:
-    done = subprocess.run(["/opt/credential-sidecar/bin/credential-sidecar-process", "reports",
-                           "--socket", "{CONTROL}"], capture_output=True, text=True)
-    try:
-        assert done.returncode == 0 and json.loads(done.stdout)["Version"] == 1, done.stderr
-        ok += 1
-    except Exception as exc:
-        errors += 1
-        first = first or repr(exc)
-    time.sleep(0.01)
-print(json.dumps({{"ok": ok, "errors": errors, "first": first}}))
-"""
+PROCESS_POLLER = poller("subprocess", f"""
+done = subprocess.run(["/opt/credential-sidecar/bin/credential-sidecar-process", "reports",
+                       "--socket", "{CONTROL}"], capture_output=True, text=True)
+assert done.returncode == 0 and json.loads(done.stdout)["Version"] == 1, done.stderr
+""")
 
 
 def poll_through_restarts(m: nspawn.Machine, restarts: int = 3) -> dict[str, dict[str, Any]]:

@@ -67,6 +67,31 @@ def wait_until(predicate: Callable[[], T | None], *, timeout: float = 20.0,
         time.sleep(interval)
 
 
+@contextlib.contextmanager
+def held_listener(address: str | tuple[str, int]) -> Iterator[socket.socket]:
+    """A non-blocking listening socket that outlives the server under test, as one systemd
+    passes does: at a Unix socket path (made 0660) or a (host, port)."""
+    unix = isinstance(address, str)
+    held = socket.socket(socket.AF_UNIX if unix else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        held.bind(address)
+        if isinstance(address, str):
+            os.chmod(address, 0o660)
+        held.listen(16)
+        held.setblocking(False)
+        yield held
+    finally:
+        held.close()
+
+
+def read_until_closed(client: socket.socket) -> bytes:
+    """Everything a peer sends until it closes the connection; a reset raises."""
+    data = b""
+    while chunk := client.recv(65536):
+        data += chunk
+    return data
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A loopback port that was free a moment ago (for servers that cannot report theirs)."""
     with socket.socket() as sock:

@@ -15,7 +15,7 @@ import socket
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from credential_sidecar.doors import control
 from credential_sidecar.doors.control import ControlServer, check_inherited
 from credential_sidecar.renewal.manager import CredentialManager
 from credential_sidecar.testing import FakeClock, FakeSource
+from tests.helpers.procs import held_listener, read_until_closed
 
 REQUEST = b'{"op": "credentials", "name": "app"}\n'
 
@@ -33,20 +34,6 @@ def sock_dir() -> Iterator[Path]:
     # Short paths: a Unix socket path must fit in 108 bytes, pytest's tmp_path may not.
     with tempfile.TemporaryDirectory(prefix="cs-") as name:
         yield Path(name)
-
-
-@contextmanager
-def held_socket(path: Path) -> Iterator[socket.socket]:
-    """A listening socket at ``path`` that outlives the server, as systemd's does."""
-    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    held.bind(str(path))
-    os.chmod(path, 0o660)
-    held.listen(16)
-    held.setblocking(False)
-    try:
-        yield held
-    finally:
-        held.close()
 
 
 @asynccontextmanager
@@ -74,14 +61,6 @@ def _connect(path: Path) -> socket.socket:
     return client
 
 
-def _read_all(client: socket.socket) -> bytes:
-    """Everything until the server closes; a reset raises."""
-    data = b""
-    while chunk := client.recv(65536):
-        data += chunk
-    return data
-
-
 def _answered(data: bytes) -> bool:
     lines = data.splitlines()
     return len(lines) == 1 and json.loads(lines[0])["credentials"]["Version"] == 1
@@ -101,7 +80,7 @@ async def test_a_request_sent_as_the_stop_begins_is_answered(sock_dir: Path, tur
             client.sendall(REQUEST)
             await _turns(turns)
             await server.stop()
-            assert _answered(await asyncio.to_thread(_read_all, client))
+            assert _answered(await asyncio.to_thread(read_until_closed, client))
 
 
 @pytest.mark.parametrize("turns", range(6))
@@ -109,7 +88,7 @@ async def test_activated_a_request_is_answered_or_left_queued_for_the_next_proce
     sock_dir: Path, turns: int,
 ) -> None:
     path = sock_dir / "control.sock"
-    with held_socket(path) as held:
+    with held_listener(str(path)) as held:
         async with serving(path, held.dup()) as server:
             with _connect(path) as client:
                 client.sendall(REQUEST)
@@ -118,7 +97,7 @@ async def test_activated_a_request_is_answered_or_left_queued_for_the_next_proce
                 try:
                     queued = held.accept()[0]
                 except BlockingIOError:
-                    assert _answered(await asyncio.to_thread(_read_all, client))
+                    assert _answered(await asyncio.to_thread(read_until_closed, client))
                 else:
                     with queued:
                         client.setblocking(False)
@@ -139,7 +118,7 @@ async def test_a_request_half_sent_when_the_stop_begins_is_waited_for_and_answer
             await _turns(20)
             assert not stopping.done(), "the stop did not wait for the rest of the request"
             client.sendall(REQUEST[10:])
-            assert _answered(await asyncio.to_thread(_read_all, client))
+            assert _answered(await asyncio.to_thread(read_until_closed, client))
             await stopping
 
 
@@ -155,7 +134,7 @@ async def test_a_connection_idle_after_its_answer_is_closed_at_once(
             assert _answered(first)
             await _until(lambda: all(c.idle for c in server._clients.values()))
             await asyncio.wait_for(server.stop(), 10)
-            assert await asyncio.to_thread(_read_all, client) == b""
+            assert await asyncio.to_thread(read_until_closed, client) == b""
 
 
 async def test_a_client_that_never_sends_holds_a_stop_only_for_the_bound(
@@ -166,7 +145,7 @@ async def test_a_client_that_never_sends_holds_a_stop_only_for_the_bound(
         with _connect(server.path) as client:
             await _until(lambda: bool(server._clients))
             await asyncio.wait_for(server.stop(), 10)
-            assert await asyncio.to_thread(_read_all, client) == b""
+            assert await asyncio.to_thread(read_until_closed, client) == b""
 
 
 async def test_after_the_stop_begins_no_new_client_reaches_this_process(sock_dir: Path) -> None:
@@ -183,7 +162,7 @@ async def test_after_the_stop_begins_no_new_client_reaches_this_process(sock_dir
             holding.sendall(REQUEST[10:])
             await stopping
     path = sock_dir / "activated.sock"
-    with held_socket(path) as held:
+    with held_listener(str(path)) as held:
         async with serving(path, held.dup()) as server:
             with _connect(path) as holding:
                 holding.sendall(REQUEST[:10])
@@ -194,7 +173,7 @@ async def test_after_the_stop_begins_no_new_client_reaches_this_process(sock_dir
                     late.sendall(REQUEST)
                     holding.sendall(REQUEST[10:])
                     await stopping
-                    assert _answered(await asyncio.to_thread(_read_all, holding))
+                    assert _answered(await asyncio.to_thread(read_until_closed, holding))
                     queued = held.accept()[0]
                     with queued:
                         assert queued.recv(4096) == REQUEST
@@ -204,7 +183,7 @@ async def test_a_socket_file_it_did_not_bind_is_never_removed(sock_dir: Path) ->
     path = sock_dir / "control.sock"
     async with serving(path):
         path.unlink()  # say, an operator; then someone else's daemon binds the path
-        with held_socket(path):
+        with held_listener(str(path)):
             pass
     assert stat.S_ISSOCK(path.lstat().st_mode)
 
@@ -214,7 +193,7 @@ async def test_a_socket_file_it_did_not_bind_is_never_removed(sock_dir: Path) ->
 
 def test_an_inherited_socket_others_may_connect_to_is_refused(sock_dir: Path) -> None:
     path = sock_dir / "control.sock"
-    with held_socket(path):
+    with held_listener(str(path)):
         assert check_inherited(path) is True
         os.chmod(path, 0o666)
         with pytest.raises(OSError, match="0666: anyone could connect to it"):
@@ -229,7 +208,7 @@ def test_an_inherited_socket_others_may_connect_to_is_refused(sock_dir: Path) ->
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a file someone else's takes root")
 def test_an_inherited_socket_someone_else_owns_is_refused(sock_dir: Path) -> None:
     path = sock_dir / "control.sock"
-    with held_socket(path):
+    with held_listener(str(path)):
         os.chown(path, 4242, -1)
         with pytest.raises(OSError, match="belongs to uid 4242"):
             check_inherited(path)
@@ -241,7 +220,7 @@ async def test_an_inherited_socket_whose_file_is_gone_is_replaced_by_one_bound_h
     """Stopping the service removes its RuntimeDirectory= and systemd's socket file with it:
     serving a name nobody can reach would fail every client, so the daemon binds anew."""
     path = sock_dir / "control.sock"
-    with held_socket(path) as held:
+    with held_listener(str(path)) as held:
         path.unlink()
         async with serving(path, held.dup()) as server:
             assert server.sock is None

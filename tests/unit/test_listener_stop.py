@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from aiohttp import web
 
 from credential_sidecar.doors import listener as listener_module
 from credential_sidecar.doors.listener import Listener
+from tests.helpers.procs import held_listener, read_until_closed
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -32,31 +31,10 @@ def _app() -> web.Application:
     return app
 
 
-@contextmanager
-def _held() -> Iterator[socket.socket]:
-    """A listening socket that outlives the listener, as systemd's does."""
-    held = socket.socket()
-    held.bind(("127.0.0.1", 0))
-    held.listen(16)
-    held.setblocking(False)
-    try:
-        yield held
-    finally:
-        held.close()
-
-
 def _client(port: int) -> socket.socket:
     client = socket.create_connection(("127.0.0.1", port), timeout=5)
     client.settimeout(5)
     return client
-
-
-def _read_all(client: socket.socket) -> bytes:
-    """Everything until the server closes; a reset raises."""
-    data = b""
-    while chunk := client.recv(65536):
-        data += chunk
-    return data
 
 
 async def _queued(held: socket.socket) -> socket.socket | None:
@@ -73,7 +51,7 @@ async def test_a_connection_accepted_as_the_stop_begins_is_answered_or_left_queu
     """Whatever loop turn the stop lands on, relative to asyncio's accept (which makes the
     transport one turn later, in a task), the client gets its whole answer, or its connection
     is still in the queue for the next process: never a reset or a close without an answer."""
-    with _held() as held:
+    with held_listener(("127.0.0.1", 0)) as held:
         listener = Listener("test", _app(), "127.0.0.1", 0, sock=held.dup())
         port = await listener.start()
         with _client(port) as client:
@@ -84,7 +62,7 @@ async def test_a_connection_accepted_as_the_stop_begins_is_answered_or_left_queu
             queued = await _queued(held)
             if queued is None:
                 try:
-                    answer = await asyncio.to_thread(_read_all, client)
+                    answer = await asyncio.to_thread(read_until_closed, client)
                 except TimeoutError:
                     pytest.fail("accepted, then neither answered nor left in the queue: the"
                                 " process would reset it as it exits")
@@ -99,7 +77,7 @@ async def test_a_connection_accepted_as_the_stop_begins_is_answered_or_left_queu
 
 async def test_a_connection_accepted_before_its_request_is_answered_with_connection_close(
 ) -> None:
-    with _held() as held:
+    with held_listener(("127.0.0.1", 0)) as held:
         listener = Listener("test", _app(), "127.0.0.1", 0, sock=held.dup())
         port = await listener.start()
         with _client(port) as client:
@@ -111,7 +89,7 @@ async def test_a_connection_accepted_before_its_request_is_answered_with_connect
             await asyncio.sleep(0.1)
             assert not stopping.done(), "the stop did not wait for the first request"
             client.sendall(REQUEST)  # only now
-            answer = await asyncio.to_thread(_read_all, client)
+            answer = await asyncio.to_thread(read_until_closed, client)
             await stopping
         head = answer.split(b"\r\n\r\n")[0].lower()
         assert head.startswith(b"http/1.1 200") and b"connection: close" in head
@@ -128,7 +106,7 @@ async def test_idle_keep_alive_connections_are_closed_without_waiting(
     """An answered connection that sent nothing since is closed cleanly (EOF, not a reset) at
     once: only connections that still owe an answer hold a stop."""
     monkeypatch.setattr(listener_module, "FIRST_REQUEST_GRACE", 30.0)
-    with _held() as held:
+    with held_listener(("127.0.0.1", 0)) as held:
         listener = Listener("test", _app(), "127.0.0.1", 0, sock=held.dup())
         port = await listener.start()
         with _client(port) as client:
@@ -138,14 +116,14 @@ async def test_idle_keep_alive_connections_are_closed_without_waiting(
             began = time.monotonic()
             await listener.stop()
             assert time.monotonic() - began < 5
-            assert await asyncio.to_thread(_read_all, client) == b""
+            assert await asyncio.to_thread(read_until_closed, client) == b""
 
 
 async def test_a_client_that_never_sends_holds_a_stop_only_for_the_grace(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(listener_module, "FIRST_REQUEST_GRACE", 0.3)
-    with _held() as held:
+    with held_listener(("127.0.0.1", 0)) as held:
         listener = Listener("test", _app(), "127.0.0.1", 0, sock=held.dup())
         port = await listener.start()
         with _client(port):
