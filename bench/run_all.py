@@ -33,17 +33,20 @@ LONG = {"soak"}  # run only when named with --only
 
 
 def summary(names: list[str]) -> str:
+    """Each benchmark's tables under when it ran and the machine's load then (the load
+    average is read when a benchmark writes its result); the machine once, at the top."""
     docs = {name: json.loads((c.RESULTS / f"{name}.json").read_text()) for name in names}
-    machine = next(iter(docs.values()))["machine"]
+    machine = max(docs.values(), key=lambda d: str(d["when"]))["machine"]
     lines = [
-        f"Measured {min(d['when'] for d in docs.values())} on {machine['nproc']} CPUs "
-        f"({machine['cpu']}), {machine['memory_gib']} GiB, Linux {machine['kernel']}, Python "
-        f"{machine['python']}, aiohttp {machine['aiohttp']}; load average at the start "
-        f"{', '.join(f'{x:.2f}' for x in machine['load_average'])}.",
+        f"On {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_gib']} GiB, Linux "
+        f"{machine['kernel']}, Python {machine['python']}, aiohttp {machine['aiohttp']}. Compare "
+        "the ratios, not the milliseconds: other jobs may have shared the machine.",
         "",
     ]
     for name in names:
-        lines += [f"#### {BENCHMARKS[name]} (`bench/{name}.py`)", ""]
+        load = ", ".join(f"{x:.2f}" for x in docs[name]["machine"]["load_average"])
+        lines += [f"#### {BENCHMARKS[name]} (`bench/{name}.py`)", "",
+                  f"Measured {docs[name]['when']}; load average when it finished {load}.", ""]
         for table in docs[name]["tables"]:
             lines += [table, ""]
     return "\n".join(lines)
