@@ -189,42 +189,4 @@ class ConnectionGate:
                 self.per_uid.pop(uid, None)
 
 
-class GatedProtocol(asyncio.Protocol):
-    """Wraps aiohttp's protocol: asks the gate at connect, tells it at disconnect."""
-
-    def __init__(self, inner: asyncio.Protocol, gate: ConnectionGate) -> None:
-        self.inner = inner
-        self.gate = gate
-        self.transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self.gate.admit(transport):
-            if isinstance(transport, asyncio.Transport):
-                transport.abort()  # RST at once: the descriptor is freed now, not after linger
-            else:
-                transport.close()
-            return
-        self.transport = transport
-        self.inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
-            self.gate.release(self.transport)
-            self.transport = None
-            self.inner.connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.transport is not None else None
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-
-__all__ = ["Access", "ConnectionGate", "GatedProtocol", "addresses"]
+__all__ = ["Access", "ConnectionGate", "addresses"]

@@ -15,7 +15,7 @@ import weakref
 
 from aiohttp import web
 
-from credential_sidecar.doors.access import ConnectionGate, GatedProtocol
+from credential_sidecar.doors.access import ConnectionGate
 from credential_sidecar.logs import get_logger
 
 log = get_logger()
@@ -51,8 +51,8 @@ class _Watch:
         self._unread: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self._changed = asyncio.Event()
 
-    def protocol(self, inner: asyncio.Protocol) -> asyncio.Protocol:
-        watched = _Watched(inner, self)
+    def protocol(self, inner: asyncio.Protocol, gate: ConnectionGate | None) -> asyncio.Protocol:
+        watched = _Watched(inner, self, gate)
         if self.stopping:
             self._unmade.add(watched)
         return watched
@@ -112,29 +112,42 @@ class _Watch:
 
 
 class _Watched(asyncio.Protocol):
-    """Passes everything to the protocol it wraps (aiohttp's, maybe gated) and tells the watch."""
+    """aiohttp's protocol for one connection, behind the door's gate (closed at accept beyond
+    the door's or the peer's share of connections) and under the stop's watch."""
 
-    def __init__(self, inner: asyncio.Protocol, watch: _Watch) -> None:
+    def __init__(self, inner: asyncio.Protocol, watch: _Watch,
+                 gate: ConnectionGate | None) -> None:
         self.inner = inner
         self.watch = watch
-        self.transport: asyncio.BaseTransport | None = None
+        self.gate = gate
+        self.transport: asyncio.BaseTransport | None = None  # once admitted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
         self.watch.connected(self)
+        if self.gate is not None and not self.gate.admit(transport):
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()  # RST at once: the descriptor is freed now, not after linger
+            else:
+                transport.close()
+            return
+        self.transport = transport
         self.inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.inner.connection_lost(exc)
+        if self.transport is not None:
+            if self.gate is not None:
+                self.gate.release(self.transport)
+            self.transport = None
+            self.inner.connection_lost(exc)
         self.watch.lost()
 
     def data_received(self, data: bytes) -> None:
         if self.transport is not None:
             self.watch.received(self.transport)
-        self.inner.data_received(data)
+            self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+        return self.inner.eof_received() if self.transport is not None else None
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()
@@ -149,8 +162,7 @@ async def _serve(runner: web.AppRunner, gate: ConnectionGate | None, watch: _Wat
     assert server is not None
 
     def factory() -> asyncio.Protocol:
-        inner = server()
-        return watch.protocol(inner if gate is None else GatedProtocol(inner, gate))
+        return watch.protocol(server(), gate)
 
     loop = asyncio.get_running_loop()
     if sock is not None:
