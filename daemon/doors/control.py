@@ -148,8 +148,9 @@ def bind_socket(path: Path) -> socket.socket:
 def check_inherited(path: Path) -> bool:
     """Whether the socket systemd bound at ``path`` (socket activation) may be served.
 
-    False when its file is gone: stopping the service removes its RuntimeDirectory= and the
-    socket file with it, while the .socket unit keeps listening on a name nobody can reach.
+    False when its file is gone (someone removed it or its directory; the shipped unit keeps
+    its RuntimeDirectory= across stops): the .socket unit still listens, on a name nobody can
+    reach.
     OSError when the file is not a socket, or it or its directory is someone else's or one that
     others could write (connect to, or swap for their own): the daemon's or root's only, as
     systemd makes them (files.check_owned).
