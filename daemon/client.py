@@ -90,11 +90,24 @@ def _plain(path: str) -> bool:
     return all(part not in ("", ".") for part in parts[path.startswith("/"):])
 
 
+def _has_dir(target: str) -> bool:
+    """Whether the socket's directory exists (``posix`` is builtin and already loaded)."""
+    import posix
+
+    head = target.rpartition("/")[0] or ("/" if target.startswith("/") else ".")
+    try:
+        posix.stat(head)
+    except OSError:
+        return False
+    return True
+
+
 def _connect(target: str, timeout: float, retry_for: float,
              now: "Callable[[], float] | None", sleep: "Callable[[float], object] | None",
              ) -> "_socket.socket":
-    """A socket connected to ``target``; ENOENT and ECONNREFUSED are tried again for
-    ``retry_for`` seconds (``time`` is imported only then: the usual call needs no clock)."""
+    """A socket connected to ``target``; ENOENT (while the socket's directory exists) and
+    ECONNREFUSED are tried again for ``retry_for`` seconds (``time`` is imported only then: the
+    usual call needs no clock)."""
     deadline = None
     attempt = 0
     while True:
@@ -102,10 +115,10 @@ def _connect(target: str, timeout: float, retry_for: float,
         try:
             sock.settimeout(timeout)
             sock.connect(target)
-        except (FileNotFoundError, ConnectionRefusedError):
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
-            if retry_for <= 0:
-                raise
+            if retry_for <= 0 or (isinstance(exc, FileNotFoundError) and not _has_dir(target)):
+                raise  # no directory: a wrong path, or a daemon never started; nothing to wait for
             if now is None or sleep is None:
                 import time
 

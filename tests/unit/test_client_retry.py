@@ -158,6 +158,14 @@ def test_other_errors_fail_at_once(sock_dir: Path) -> None:
     assert clock.sleeps == []
 
 
+def test_a_socket_whose_directory_does_not_exist_fails_at_once(sock_dir: Path) -> None:
+    """A mistyped --socket, or a daemon never started: no restart is under way to wait for."""
+    clock = Clock()
+    assert client.print_credentials("app", str(sock_dir / "nowhere" / "control.sock"),
+                                    now=clock.now, sleep=clock.sleep) == 1
+    assert clock.sleeps == []
+
+
 def test_status_and_rotate_keys_ask_once(sock_dir: Path) -> None:
     """Only credential-process waits: status falls back to the health listener instead."""
     clock = Clock()
