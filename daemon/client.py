@@ -197,7 +197,7 @@ def socket_from_config(config_path: str) -> "Path | None":
     return socket_path if socket_path.is_absolute() else path.absolute().parent / socket_path
 
 
-def _fail(message: str) -> int:
+def fail(message: str) -> int:
     print(f"{PROG}: {message}", file=sys.stderr)
     return 1
 
@@ -210,9 +210,9 @@ def print_credentials(name: str, socket_path: str, *, now: "Callable[[], float] 
         answer = ask(socket_path, {"op": "credentials", "name": name}, retry_for=RETRY_SECONDS,
                      now=now, sleep=sleep)
     except Unreachable as exc:
-        return _fail(f"daemon not reachable at {socket_path}: {exc}")
+        return fail(f"daemon not reachable at {socket_path}: {exc}")
     if answer.get("ok") is not True or not isinstance(answer.get("credentials"), dict):
-        return _fail(str(answer.get("message") or "the daemon refused without a reason"))
+        return fail(str(answer.get("message") or "the daemon refused without a reason"))
     print(dumps(answer["credentials"]))
     return 0
 
@@ -245,7 +245,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         try:
             os.execvp(cli, [PROG, "credential-process", *args])  # noqa: S606 (our own command)
         except OSError as exc:
-            return _fail(f"cannot run {cli}: {exc.strerror or exc}")
+            return fail(f"cannot run {cli}: {exc.strerror or exc}")
     try:
         return print_credentials(*quick)
     except KeyboardInterrupt:

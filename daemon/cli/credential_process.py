@@ -11,17 +11,15 @@ even ``site``, and execs this command for every other.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
-from credential_sidecar.client import print_credentials, quick_args, socket_from_config
+from credential_sidecar.client import PROG, fail, print_credentials, quick_args, socket_from_config
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
 
 DEFAULT_CONFIG = "/etc/credential-sidecar/config.toml"
-PROG = "credential-sidecar"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -33,11 +31,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--socket", help="the daemon's control socket")
 
 
-def _fail(message: str) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr)
-    return 1
-
-
 def run(name: str, *, config: str | None = None, socket_path: str | None = None) -> int:
     if socket_path is None:
         config = config or DEFAULT_CONFIG
@@ -45,9 +38,9 @@ def run(name: str, *, config: str | None = None, socket_path: str | None = None)
             found = socket_from_config(config)
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            return _fail(f"cannot read {config}: {reason}; or pass --socket PATH")
+            return fail(f"cannot read {config}: {reason}; or pass --socket PATH")
         if found is None:
-            return _fail(f"{config} has no [control] socket; or pass --socket PATH")
+            return fail(f"{config} has no [control] socket; or pass --socket PATH")
         socket_path = str(found)
     return print_credentials(name, socket_path)
 
