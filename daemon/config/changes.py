@@ -26,7 +26,6 @@ def same_source(before: Connection, after: Connection) -> bool:
     return type(before) is type(after) and set(changed_fields(before, after)) <= NEUTRAL_FIELDS
 
 
-
 def only_key_changed(before: Connection, after: Connection) -> bool:
     """A key rotation: the connection keeps serving its set and renews with the new key."""
     changed = set(changed_fields(before, after))

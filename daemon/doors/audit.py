@@ -20,6 +20,8 @@ repeat; none is lost).
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from credential_sidecar.clock import Clock
 from credential_sidecar.logs import get_logger
 
@@ -27,6 +29,8 @@ log = get_logger()
 
 REFUSAL_INTERVAL = 60.0
 MAX_KEYS = 10_000
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class AuditTrail:
@@ -39,13 +43,18 @@ class AuditTrail:
         # (door, connection, uid, remote) -> (when the last line was written, left out since)
         self._refused: dict[tuple[str, str, int | None, str | None], tuple[float, int]] = {}
 
+    def _remember(self, table: dict[K, V], key: K, value: V) -> None:
+        """``table[key] = value``, starting the table afresh first when a new key would take it
+        past ``max_keys``."""
+        if key not in table and len(table) >= self.max_keys:
+            table.clear()
+        table[key] = value
+
     def served(self, door: str, connection: str, uid: int | None, access_key_id: str) -> None:
         key = (door, connection, uid)
         if self._served.get(key) == access_key_id:
             return
-        if len(self._served) >= self.max_keys:
-            self._served.clear()
-        self._served[key] = access_key_id
+        self._remember(self._served, key, access_key_id)
         log.info("credentials handed out", audit=True, door=door, connection=connection,
                  uid=uid, access_key_id=access_key_id)
 
@@ -59,9 +68,7 @@ class AuditTrail:
         if last is not None and now - last[0] < self.refusal_interval:
             self._refused[key] = (last[0], last[1] + 1)
             return
-        if len(self._refused) >= self.max_keys:
-            self._refused.clear()
-        self._refused[key] = (now, 0)
+        self._remember(self._refused, key, (now, 0))
         extra = {k: v for k, v in (("remote", remote), ("pid", pid)) if v is not None}
         if last is not None and last[1]:
             extra["suppressed"] = last[1]
