@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from aiohttp import web
+
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 PYTHON = sys.executable
 T = TypeVar("T")
@@ -82,6 +84,32 @@ def held_listener(address: str | tuple[str, int]) -> Iterator[socket.socket]:
         yield held
     finally:
         held.close()
+
+
+def hello_app() -> web.Application:
+    """The least app a listener can serve: GET / answers "hello"."""
+    app = web.Application()
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app.router.add_get("/", hello)
+    return app
+
+
+def assert_left_in_queue(client: socket.socket, queued: socket.socket, request: bytes) -> None:
+    """``queued`` (the client's connection, taken from the held listening socket after a stop)
+    still holds ``request`` untouched for the next process, and nothing came back to ``client``:
+    neither an answer nor a close."""
+    with queued:
+        client.setblocking(False)
+        try:
+            client.recv(1)
+        except BlockingIOError:
+            pass
+        else:
+            raise AssertionError("the stopped server answered or closed a queued connection")
+        assert queued.recv(65536) == request, "the queued request was read"
 
 
 def read_until_closed(client: socket.socket) -> bytes:

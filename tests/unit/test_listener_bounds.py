@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiohttp import web
 
 from credential_sidecar.clock import SystemClock
 from credential_sidecar.doors import listener as listener_module
@@ -13,16 +12,7 @@ from credential_sidecar.doors.access import Access, ConnectionGate
 from credential_sidecar.doors.audit import AuditTrail
 from credential_sidecar.doors.listener import Listener
 from credential_sidecar.doors.peers import PeerFinder
-
-
-def _app() -> web.Application:
-    app = web.Application()
-
-    async def hello(request: web.Request) -> web.Response:
-        return web.Response(text="hello")
-
-    app.router.add_get("/", hello)
-    return app
+from tests.helpers.procs import hello_app
 
 
 class _Gate(ConnectionGate):
@@ -49,7 +39,7 @@ async def test_connections_beyond_a_uids_share_are_closed_at_accept() -> None:
     access = Access(finder, lambda name: None, AuditTrail(SystemClock()))
     gate = _Gate("test", access, max_per_uid=2,
                  on_reject=lambda door, reason: rejected.append((door, reason)))
-    listener = Listener("test", _app(), "127.0.0.1", 0, gate=gate)
+    listener = Listener("test", hello_app(), "127.0.0.1", 0, gate=gate)
     port = await listener.start()
     try:
         pairs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
@@ -75,7 +65,7 @@ async def test_connections_beyond_a_uids_share_are_closed_at_accept() -> None:
 
 async def test_a_door_holds_at_most_its_connections() -> None:
     gate = ConnectionGate("test", None, max_connections=3)
-    listener = Listener("test", _app(), "127.0.0.1", 0, gate=gate)
+    listener = Listener("test", hello_app(), "127.0.0.1", 0, gate=gate)
     port = await listener.start()
     try:
         pairs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
@@ -89,7 +79,7 @@ async def test_a_door_holds_at_most_its_connections() -> None:
 
 async def test_idle_and_half_sent_requests_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listener_module, "IDLE_SECONDS", 0.2)
-    listener = Listener("test", _app(), "127.0.0.1", 0)
+    listener = Listener("test", hello_app(), "127.0.0.1", 0)
     port = await listener.start()
     try:
         silent = await asyncio.open_connection("127.0.0.1", port)
