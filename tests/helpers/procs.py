@@ -1,5 +1,8 @@
 """Processes the client tests start (always stopped by their own pid), bounded polling, and an
-environment with no AWS or proxy setting in it."""
+environment with no AWS or proxy setting in it.
+
+Standard library only: tests/setup/clients.sh runs go_clients.py, which imports this, with the
+system python3 before the venv exists."""
 
 from __future__ import annotations
 
@@ -17,8 +20,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
-
-from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 PYTHON = sys.executable
@@ -84,17 +85,6 @@ def held_listener(address: str | tuple[str, int]) -> Iterator[socket.socket]:
         yield held
     finally:
         held.close()
-
-
-def hello_app() -> web.Application:
-    """The least app a listener can serve: GET / answers "hello"."""
-    app = web.Application()
-
-    async def hello(request: web.Request) -> web.Response:
-        return web.Response(text="hello")
-
-    app.router.add_get("/", hello)
-    return app
 
 
 def assert_left_in_queue(client: socket.socket, queued: socket.socket, request: bytes) -> None:

@@ -38,6 +38,17 @@ class TLSServer:
     hits: list[str] = field(default_factory=list)
 
 
+def hello_app() -> web.Application:
+    """The least app a listener can serve: GET / answers "hello"."""
+    app = web.Application()
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app.router.add_get("/", hello)
+    return app
+
+
 def _ok_app(hits: list[str], *, with_host: bool) -> web.Application:
     """Any path -> ``ok``; each request noted in ``hits`` (with its Host when ``with_host``)."""
 

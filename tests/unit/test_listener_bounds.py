@@ -12,7 +12,7 @@ from credential_sidecar.doors.access import Access, ConnectionGate
 from credential_sidecar.doors.audit import AuditTrail
 from credential_sidecar.doors.listener import Listener
 from credential_sidecar.doors.peers import PeerFinder
-from tests.helpers.procs import hello_app
+from tests.helpers.tls_servers import hello_app
 
 
 class _Gate(ConnectionGate):

@@ -15,7 +15,8 @@ import pytest
 
 from credential_sidecar.doors import listener as listener_module
 from credential_sidecar.doors.listener import Listener
-from tests.helpers.procs import assert_left_in_queue, held_listener, hello_app, read_until_closed
+from tests.helpers.procs import assert_left_in_queue, held_listener, read_until_closed
+from tests.helpers.tls_servers import hello_app
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
